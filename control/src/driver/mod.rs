@@ -1,0 +1,76 @@
+//! Compute drivers: what runs a project's MariaDB. The wake service, the scheduler and the REST
+//! layer only talk to [`ComputeDriver`], so a Kubernetes driver is a drop-in replacement for
+//! [`local::LocalDriver`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::roles::RoleDef;
+
+pub mod local;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ComputeSpec {
+    pub project_id: String,
+    pub compute_id: String,
+    /// The compute's config as given at creation (`resources.memory`, `image`, `mariadb_options`...).
+    pub config: serde_json::Value,
+    /// When `Some`, the complete role set to synchronise into the compute before the start
+    /// counts as finished (the project's roles changed while it was not running).
+    pub roles: Option<Vec<RoleDef>>,
+}
+
+/// A started (or adopted) compute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    /// `host:port` clients connect to.
+    pub address: String,
+    /// OS process id, when the driver has one.
+    pub pid: Option<i64>,
+}
+
+/// A change to a running compute's accounts.
+#[derive(Clone, Debug)]
+pub enum RoleOp {
+    Upsert(RoleDef),
+    Drop(String),
+    /// Make the compute's `'name'@'%'` accounts exactly this set.
+    Sync(Vec<RoleDef>),
+}
+
+/// Runs computes. Implementations must be idempotent: `stop` of a stopped compute and `adopt`
+/// of a vanished one are not errors.
+pub trait ComputeDriver: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Starts the project's compute (initialising its storage on the first start) and returns
+    /// once it accepts connections. The error message carries the reason (server log tail).
+    fn start<'a>(&'a self, spec: &'a ComputeSpec) -> BoxFuture<'a, anyhow::Result<Running>>;
+
+    /// Stops the compute cleanly (committed data is durable afterwards); keeps its storage.
+    fn stop<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// Cheap liveness check of a compute this driver started or adopted.
+    fn is_alive(&self, project_id: &str) -> bool;
+
+    /// After a restart of doze: finds a compute still running from a previous run and takes it
+    /// over when it answers (`Some`), or stops whatever is left of it (`None`).
+    fn adopt<'a>(
+        &'a self,
+        project_id: &'a str,
+        recorded: Option<Running>,
+    ) -> BoxFuture<'a, anyhow::Result<Option<Running>>>;
+
+    /// Applies account changes to the running compute.
+    fn apply_roles<'a>(
+        &'a self,
+        project_id: &'a str,
+        ops: &'a [RoleOp],
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// Stops the compute if needed and deletes its storage for good.
+    fn destroy_storage<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+}

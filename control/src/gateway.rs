@@ -1,0 +1,78 @@
+//! What the proxy's data path needs from the control plane, as plain types: resolve a project
+//! and one of its roles, wake the project's compute, forget a stale address.
+//!
+//! The proxy calls these in process (no REST round trip). The REST `wake_compute` endpoint and
+//! `/resume` go through the same wake path.
+
+use std::fmt;
+
+/// A project and, when it exists, the stored hash of the role a client named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleLookup {
+    pub project_id: String,
+    pub project_name: String,
+    /// SHA1(SHA1(password)) of the role; `None` when the project has no such role (the proxy
+    /// then still runs the password exchange and answers "Access denied", revealing nothing).
+    pub stored_hash: Option<[u8; 20]>,
+}
+
+/// Why a project or role could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("unknown project '{0}'")]
+    UnknownProject(String),
+    #[error("the control plane could not be reached: {0}")]
+    Unavailable(String),
+}
+
+/// How a wake was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColdStart {
+    /// The compute was already running (address from cache or state).
+    Warm,
+    /// The compute was started (or its start was joined) for this request.
+    Resumed,
+}
+
+impl ColdStart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColdStart::Warm => "warm",
+            ColdStart::Resumed => "resumed",
+        }
+    }
+}
+
+impl fmt::Display for ColdStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A running compute's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WakeInfo {
+    /// `host:port` of the compute's MariaDB.
+    pub address: String,
+    pub compute_id: String,
+    pub cold_start: ColdStart,
+}
+
+/// Why a wake failed. The messages are shown to database clients: they say what happened and
+/// what to do, and never contain secrets.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WakeError {
+    #[error("project '{0}' has no compute; create one with `doze compute create {0}`")]
+    NoCompute(String),
+    #[error("the compute of project '{project}' failed to start: {reason}")]
+    StartFailed { project: String, reason: String },
+    #[error(
+        "the compute of project '{project}' is restarting too often; next attempt allowed in {retry_in_secs}s"
+    )]
+    RateLimited { project: String, retry_in_secs: u64 },
+    #[error("the compute of project '{project}' did not become ready within {timeout_secs}s")]
+    Timeout { project: String, timeout_secs: u64 },
+    #[error("the control plane failed: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,291 @@
+//! Finding, initialising and starting `mariadbd` on this machine.
+//!
+//! Shared by the local compute driver and the test kit, so that tests start servers exactly the
+//! way doze starts computes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// Where Debian and most distributions put the server binaries when they are not on `PATH`.
+const EXTRA_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"];
+
+/// Finds an executable by name on `PATH` or in the usual sbin directories.
+pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let extra = EXTRA_DIRS.iter().map(PathBuf::from);
+    for dir in path_dirs.into_iter().chain(extra) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "`{name}` was not found on PATH or in /usr/sbin; install the MariaDB server \
+         (Debian/Ubuntu: `apt-get install mariadb-server`)"
+    )
+}
+
+/// True when this process runs as root, in which case mariadbd must run as the `mysql` user.
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Makes `dir` (and the directories above it up to `/`) usable by the `mysql` user when we
+/// run as root: mariadbd refuses to run as root, and a 0700 temp dir would lock it out.
+pub fn hand_to_mysql_user(dir: &Path) -> anyhow::Result<()> {
+    if !running_as_root() {
+        return Ok(());
+    }
+    let user = nix::unistd::User::from_name("mysql")
+        .context("looking up the `mysql` user")?
+        .context("running as root needs a `mysql` user (created by the mariadb-server package)")?;
+    chown_recursive(dir, user.uid, user.gid)?;
+    let mut parent = dir.parent();
+    while let Some(p) = parent {
+        if p.as_os_str().is_empty() || p == Path::new("/") {
+            break;
+        }
+        let meta = std::fs::metadata(p)?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o011))?;
+        }
+        parent = p.parent();
+    }
+    Ok(())
+}
+
+fn chown_recursive(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> anyhow::Result<()> {
+    nix::unistd::chown(dir, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", dir.display()))?;
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_symlink() {
+                continue;
+            }
+            chown_recursive(&path, uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// `--user=mysql` when running as root, nothing otherwise.
+fn user_args() -> Vec<String> {
+    if running_as_root() {
+        vec!["--user=mysql".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Initialises an empty data directory with `mariadb-install-db`.
+///
+/// root@localhost gets no password and is reachable only through the unix socket
+/// (`--skip-name-resolve` keeps TCP clients from ever matching `localhost`).
+pub async fn install_db(datadir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(datadir)?;
+    hand_to_mysql_user(datadir)?;
+    let install = find_binary("mariadb-install-db")?;
+    let output = Command::new(&install)
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .arg("--auth-root-authentication-method=normal")
+        .arg("--skip-test-db")
+        .arg("--skip-name-resolve")
+        .args(user_args())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", install.display()))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        bail!(
+            "mariadb-install-db failed ({}): {}",
+            output.status,
+            tail(&format!("{stdout}\n{stderr}"), 20)
+        );
+    }
+    Ok(())
+}
+
+/// How to start one mariadbd.
+#[derive(Clone, Debug)]
+pub struct ServerSpec {
+    pub datadir: PathBuf,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub error_log: PathBuf,
+    pub buffer_pool: String,
+    pub max_allowed_packet: String,
+    /// Further `--option=value` arguments, appended last so they win.
+    pub extra_args: Vec<String>,
+}
+
+impl ServerSpec {
+    /// A spec with every file inside `datadir` (the socket too, unless that path is too long
+    /// for a unix socket, in which case it goes to the temp dir).
+    pub fn in_datadir(datadir: &Path, port: u16) -> Self {
+        let mut socket = datadir.join("mariadbd.sock");
+        if socket.as_os_str().len() > 100 {
+            socket = std::env::temp_dir().join(format!("doze-{port}-{}.sock", std::process::id()));
+        }
+        Self {
+            datadir: datadir.to_path_buf(),
+            port,
+            socket,
+            pid_file: datadir.join("mariadbd.pid"),
+            error_log: datadir.join("mariadbd.err"),
+            buffer_pool: "32M".to_owned(),
+            max_allowed_packet: "64M".to_owned(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The full argument list for mariadbd.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--no-defaults".to_owned(),
+            format!("--datadir={}", self.datadir.display()),
+            format!("--port={}", self.port),
+            "--bind-address=127.0.0.1".to_owned(),
+            format!("--socket={}", self.socket.display()),
+            format!("--pid-file={}", self.pid_file.display()),
+            format!("--log-error={}", self.error_log.display()),
+            "--skip-name-resolve".to_owned(),
+            "--skip-log-bin".to_owned(),
+            "--performance-schema=OFF".to_owned(),
+            format!("--innodb-buffer-pool-size={}", self.buffer_pool),
+            format!("--max-allowed-packet={}", self.max_allowed_packet),
+        ];
+        args.extend(user_args());
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// Starts mariadbd in its own process group (so a Ctrl-C to doze does not reach it
+    /// before doze has stopped it cleanly).
+    pub fn spawn(&self) -> anyhow::Result<Child> {
+        let mariadbd = find_binary("mariadbd")?;
+        let child = Command::new(&mariadbd)
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .with_context(|| format!("starting {}", mariadbd.display()))?;
+        Ok(child)
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}
+
+/// The last lines of a server's error log, for error messages.
+pub fn error_log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => tail(&String::from_utf8_lossy(&bytes), lines),
+        Err(e) => format!("(no error log at {}: {e})", path.display()),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process could take it first,
+/// which a start then reports as a failure).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// How often a starting server's port is probed. Resume latency is the product: poll tightly.
+const PROBE_INTERVAL: Duration = Duration::from_millis(2);
+
+/// Waits until a MySQL greeting (or an ERR packet, which still proves the server is up) arrives
+/// on `port`, the child exits, or `timeout` passes.
+pub async fn wait_for_greeting(
+    port: u16,
+    child: &mut Child,
+    error_log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "mariadbd exited during start-up ({status}); its error log ends with:\n{}",
+                error_log_tail(error_log, 15)
+            );
+        }
+        if probe_greeting(port).await {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "mariadbd did not answer on port {port} within {timeout:?}; its error log ends with:\n{}",
+                error_log_tail(error_log, 15)
+            );
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Connects and reads the first packet header and byte: true when it is a greeting (0x0a) or
+/// an ERR (0xff).
+pub async fn probe_greeting(port: u16) -> bool {
+    let Ok(Ok(mut stream)) = tokio::time::timeout(
+        Duration::from_millis(500),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return false;
+    };
+    let mut head = [0u8; 5];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut head)).await,
+        Ok(Ok(_)) if head[4] == 0x0a || head[4] == 0xff
+    )
+}
+
+/// Sends SIGTERM and waits for a clean exit (InnoDB shutdown), SIGKILL after `grace`.
+pub async fn stop_child(child: &mut Child, grace: Duration) -> anyhow::Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    if let Some(pid) = child.id() {
+        signal_pid(pid as i32, nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => {
+            status?;
+            Ok(())
+        }
+        Err(_) => {
+            child.kill().await?;
+            bail!("mariadbd did not stop within {grace:?} and was killed")
+        }
+    }
+}
+
+/// Sends `signal` to `pid`, ignoring a process that is already gone.
+pub fn signal_pid(pid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}

@@ -1,0 +1,62 @@
+//! Metric names and helpers. doze-control only emits through the `metrics` facade; the binary
+//! installs the Prometheus recorder (configure it with [`histogram_buckets`]).
+
+use metrics_exporter_prometheus::Matcher;
+
+/// Histogram, label `outcome` = warm | resumed | failed: time to answer a wake.
+pub const WAKE_DURATION: &str = "doze_wake_duration_seconds";
+/// Counter: successful compute starts.
+pub const COMPUTE_STARTS: &str = "doze_compute_starts_total";
+/// Histogram: time from starting a compute until it accepts connections.
+pub const COMPUTE_START_DURATION: &str = "doze_compute_start_duration_seconds";
+/// Counter: wakes answered by a start another concurrent wake performed.
+pub const WAKES_COALESCED: &str = "doze_wakes_coalesced_total";
+/// Gauge, label `state`: computes per state.
+pub const COMPUTES: &str = "doze_computes";
+/// Counter, label `reason` = idle | api | shutdown | deleted: computes suspended.
+pub const SUSPENDS: &str = "doze_suspends_total";
+
+/// Bucket boundaries (seconds) of both duration histograms: 1 ms .. 30 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// Matchers and buckets for `PrometheusBuilder::set_buckets_for_metric`.
+pub fn histogram_buckets() -> Vec<(Matcher, Vec<f64>)> {
+    [WAKE_DURATION, COMPUTE_START_DURATION]
+        .into_iter()
+        .map(|name| (Matcher::Full(name.to_owned()), DURATION_BUCKETS.to_vec()))
+        .collect()
+}
+
+/// Registers descriptions with whatever recorder is installed.
+pub fn describe() {
+    metrics::describe_histogram!(
+        WAKE_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer a wake, by outcome (warm, resumed, failed)"
+    );
+    metrics::describe_counter!(COMPUTE_STARTS, "Compute starts that succeeded");
+    metrics::describe_histogram!(
+        COMPUTE_START_DURATION,
+        metrics::Unit::Seconds,
+        "Time from starting a compute until it accepts connections"
+    );
+    metrics::describe_counter!(
+        WAKES_COALESCED,
+        "Wakes answered by a start that another concurrent wake performed"
+    );
+    metrics::describe_gauge!(COMPUTES, "Computes per state");
+    metrics::describe_counter!(SUSPENDS, "Computes suspended, by reason");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn buckets_cover_1ms_to_30s() {
+        let b = super::histogram_buckets();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].1.first(), Some(&0.001));
+        assert_eq!(b[0].1.last(), Some(&30.0));
+    }
+}

@@ -1,0 +1,552 @@
+//! The admin REST API: HTTP in, calls on [`ControlPlane`] out, nothing else.
+//!
+//! Every error is `{"error": {"code": "...", "message": "..."}}`, including malformed JSON,
+//! a wrong content type, unknown paths and methods (no plain-text rejections).
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha1::{Digest, Sha1};
+
+use crate::ControlPlane;
+use crate::error::ControlError;
+use crate::gateway::WakeError;
+use crate::store::{Compute, ComputeEvent, Project, Role};
+use crate::time::rfc3339;
+
+const OPENAPI: &str = include_str!("../../openapi.json");
+
+#[derive(Clone)]
+struct AppState {
+    plane: Arc<ControlPlane>,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub(crate) fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Router {
+    let state = AppState { plane, metrics };
+    let api = Router::new()
+        .route("/api/v1/projects", post(create_project).get(list_projects))
+        .route(
+            "/api/v1/projects/{id}",
+            get(get_project).delete(delete_project),
+        )
+        .route("/api/v1/projects/{id}/compute", post(create_compute))
+        .route(
+            "/api/v1/projects/{id}/roles",
+            post(create_role).get(list_roles),
+        )
+        .route(
+            "/api/v1/projects/{id}/roles/{name}",
+            put(set_role_password).delete(delete_role),
+        )
+        .route(
+            "/api/v1/compute/{id}",
+            get(get_compute).delete(delete_compute),
+        )
+        .route("/api/v1/compute/{id}/suspend", post(suspend_compute))
+        .route("/api/v1/compute/{id}/resume", post(resume_compute))
+        .route("/api/v1/compute/{id}/events", get(compute_events))
+        .route("/api/v1/wake_compute", get(wake_compute))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+// ---------- errors ----------
+
+/// An API error response.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ControlError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
+            ControlError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
+            ControlError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", msg)
+            }
+            ControlError::SessionsOpen { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "sessions_open", msg)
+            }
+            ControlError::Wake(w) => w.into(),
+            ControlError::Internal(_) => {
+                tracing::error!(error = %msg, "admin API request failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg)
+            }
+        }
+    }
+}
+
+impl From<WakeError> for ApiError {
+    fn from(e: WakeError) -> Self {
+        let msg = e.to_string();
+        match e {
+            WakeError::NoCompute(_) => ApiError::new(StatusCode::NOT_FOUND, "no_compute", msg),
+            WakeError::StartFailed { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "start_failed", msg)
+            }
+            WakeError::RateLimited { retry_in_secs, .. } => ApiError {
+                retry_after: Some(retry_in_secs),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "rate_limited", msg)
+            },
+            WakeError::Timeout { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wake_timeout", msg)
+            }
+            WakeError::Internal(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg)
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+// ---------- extractors ----------
+
+/// A JSON body. An empty body counts as `{}`; a non-empty one needs a JSON content type.
+/// Malformed JSON is 400, well-formed JSON of the wrong shape 422.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                let mime = v
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            if json_type != Some(true) {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as JSON with `Content-Type: application/json`",
+                ));
+            }
+            &bytes
+        };
+        serde_json::from_slice(body).map(JsonBody).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    format!("invalid request body: {e}"),
+                ),
+                _ => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not valid JSON: {e}"),
+                ),
+            }
+        })
+    }
+}
+
+/// Path parameters with JSON errors.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))
+    }
+}
+
+/// Query parameters with JSON errors.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
+// ---------- auth ----------
+
+fn digest(bytes: &[u8]) -> [u8; 20] {
+    Sha1::digest(bytes).into()
+}
+
+/// Compares two secrets in time independent of where they differ (and of their lengths).
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (digest(given.as_bytes()), digest(expected.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = state.plane.config().admin_token.as_deref() {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        match given {
+            None => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing `Authorization: Bearer <token>` header",
+                )
+                .into_response();
+            }
+            Some(token) if !token_matches(token, expected) => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "invalid admin token",
+                )
+                .into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+// ---------- JSON shapes ----------
+
+fn project_json(p: &Project) -> Value {
+    json!({"id": p.id, "name": p.name, "config": p.config, "created_at": rfc3339(p.created_at)})
+}
+
+fn compute_json(c: &Compute) -> Value {
+    json!({
+        "id": c.id,
+        "project_id": c.project_id,
+        "state": c.state,
+        "address": c.address,
+        "config": c.config,
+        "created_at": rfc3339(c.created_at),
+        "updated_at": rfc3339(c.updated_at),
+        "last_error": c.last_error,
+    })
+}
+
+fn role_json(r: &Role) -> Value {
+    json!({"name": r.name, "project_id": r.project_id, "created_at": rfc3339(r.created_at)})
+}
+
+fn event_json(e: &ComputeEvent) -> Value {
+    json!({"from_state": e.from_state, "to_state": e.to_state, "reason": e.reason, "at": rfc3339(e.at)})
+}
+
+fn config_or_empty(config: Option<Value>) -> Value {
+    match config {
+        None | Some(Value::Null) => json!({}),
+        Some(v) => v,
+    }
+}
+
+// ---------- handlers ----------
+
+#[derive(Deserialize)]
+struct CreateProject {
+    name: String,
+    #[serde(default)]
+    config: Option<Value>,
+}
+
+async fn create_project(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<CreateProject>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let p = s
+        .plane
+        .create_project(&body.name, config_or_empty(body.config))
+        .await?;
+    Ok((StatusCode::CREATED, Json(project_json(&p))))
+}
+
+async fn list_projects(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let projects = s.plane.list_projects().await?;
+    Ok(Json(
+        json!({"projects": projects.iter().map(project_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_project(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(project_json(&s.plane.project(&id).await?)))
+}
+
+async fn delete_project(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    s.plane.delete_project(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct CreateCompute {
+    #[serde(default)]
+    config: Option<Value>,
+}
+
+async fn create_compute(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<CreateCompute>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let c = s
+        .plane
+        .create_compute(&id, config_or_empty(body.config))
+        .await?;
+    Ok((StatusCode::CREATED, Json(compute_json(&c))))
+}
+
+async fn get_compute(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(compute_json(&s.plane.compute(&id).await?)))
+}
+
+async fn delete_compute(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    s.plane.delete_compute(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn suspend_compute(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(compute_json(&s.plane.suspend_compute(&id).await?)))
+}
+
+async fn resume_compute(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let (c, _) = s.plane.resume_compute(&id).await?;
+    Ok(Json(compute_json(&c)))
+}
+
+async fn compute_events(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let events = s.plane.compute_events(&id).await?;
+    Ok(Json(
+        json!({"events": events.iter().map(event_json).collect::<Vec<_>>()}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct WakeQuery {
+    endpointish: Option<String>,
+}
+
+async fn wake_compute(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<WakeQuery>,
+) -> ApiResult<Json<Value>> {
+    let Some(key) = q.endpointish.filter(|k| !k.is_empty()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "missing query parameter `endpointish` (a project id or name)",
+        ));
+    };
+    let project = s.plane.project(&key).await?;
+    let info = s.plane.wake(&project.id).await?;
+    Ok(Json(json!({
+        "address": info.address,
+        "compute_id": info.compute_id,
+        "cold_start": info.cold_start,
+    })))
+}
+
+#[derive(Deserialize)]
+struct CreateRole {
+    name: String,
+    password: String,
+}
+
+async fn create_role(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<CreateRole>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let r = s.plane.create_role(&id, &body.name, &body.password).await?;
+    Ok((StatusCode::CREATED, Json(role_json(&r))))
+}
+
+#[derive(Deserialize)]
+struct SetPassword {
+    password: String,
+}
+
+async fn set_role_password(
+    State(s): State<AppState>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
+    JsonBody(body): JsonBody<SetPassword>,
+) -> ApiResult<Json<Value>> {
+    let r = s
+        .plane
+        .set_role_password(&id, &name, &body.password)
+        .await?;
+    Ok(Json(role_json(&r)))
+}
+
+async fn list_roles(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let (_, roles) = s.plane.list_roles(&id).await?;
+    Ok(Json(
+        json!({"roles": roles.iter().map(role_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn delete_role(
+    State(s): State<AppState>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    s.plane.delete_role(&id, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.plane.store().ping().await {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the state store does not answer: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not enabled in this process",
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("", "abc"));
+        assert!(!token_matches("abcd", "abc"));
+    }
+}

@@ -1,0 +1,235 @@
+//! Throwaway servers for tests: a real `mariadbd` and a real PostgreSQL, each initialised into a
+//! temp dir and listening on a free port. They never touch a server already running on the
+//! machine, and they are killed when dropped.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use mysql_async::prelude::Queryable;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::mariadb::{self, ServerSpec};
+
+/// A private mariadbd. root has no password and is reachable through [`MariaDb::root`] only.
+pub struct MariaDb {
+    child: Child,
+    pub port: u16,
+    pub spec: ServerSpec,
+    _dir: TempDir,
+}
+
+impl MariaDb {
+    /// Installs and starts a server with doze's compute defaults (64 MiB packets).
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`MariaDb::start`], with extra `--option=value` arguments for mariadbd.
+    pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("doze-mdb-").tempdir()?;
+        let datadir = dir.path().join("data");
+        mariadb::install_db(&datadir).await?;
+        let mut last_err = None;
+        for _ in 0..3 {
+            let port = mariadb::free_port()?;
+            let mut spec = ServerSpec::in_datadir(&datadir, port);
+            spec.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+            let mut child = spec.spawn()?;
+            match mariadb::wait_for_greeting(
+                port,
+                &mut child,
+                &spec.error_log,
+                Duration::from_secs(30),
+            )
+            .await
+            {
+                Ok(_) => {
+                    return Ok(Self {
+                        child,
+                        port,
+                        spec,
+                        _dir: dir,
+                    });
+                }
+                Err(e) => {
+                    let _ = child.kill().await;
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("mariadbd did not start")))
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A root connection over the unix socket.
+    pub async fn root(&self) -> anyhow::Result<mysql_async::Conn> {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("localhost")
+            .socket(Some(self.spec.socket.to_string_lossy().into_owned()))
+            .prefer_socket(true)
+            .user(Some("root"));
+        mysql_async::Conn::new(opts)
+            .await
+            .context("connecting to the test mariadbd as root over its socket")
+    }
+
+    /// Creates `user`@`%` with `password` and every privilege.
+    pub async fn create_user(&self, user: &str, password: &str) -> anyhow::Result<()> {
+        let mut conn = self.root().await?;
+        conn.query_drop(format!(
+            "CREATE OR REPLACE USER '{user}'@'%' IDENTIFIED BY '{password}'"
+        ))
+        .await?;
+        conn.query_drop(format!(
+            "GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%' WITH GRANT OPTION"
+        ))
+        .await?;
+        conn.disconnect().await?;
+        Ok(())
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// The server's OS process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A private PostgreSQL with trust authentication on 127.0.0.1.
+pub struct Postgres {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    /// initdb into a temp dir and start `postgres` on a free port.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = postgres_bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("doze-pg-").tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        let owner = postgres_owner()?;
+        if let Some((uid, gid)) = owner {
+            for p in [dir.path(), data.as_path()] {
+                nix::unistd::chown(p, Some(uid), Some(gid))?;
+            }
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdin(Stdio::null());
+        as_owner(&mut initdb, owner);
+        let out = initdb.output().await.context("running initdb")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed: {}",
+                mariadb::tail(&String::from_utf8_lossy(&out.stderr), 10)
+            );
+        }
+        let port = mariadb::free_port()?;
+        let mut server = Command::new(bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir.path())
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        as_owner(&mut server, owner);
+        let child = server.spawn().context("starting postgres")?;
+        let pg = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        pg.wait_ready().await?;
+        Ok(pg)
+    }
+
+    /// A DSN for the `postgres` database.
+    pub fn dsn(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        for _ in 0..300 {
+            if let Ok(conn) = sqlx::PgConnection::connect(&self.dsn()).await {
+                conn.close().await.ok();
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("postgres did not accept connections on port {}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The directory holding initdb/postgres: Debian's newest /usr/lib/postgresql/N/bin, else PATH.
+fn postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let initdb = mariadb::find_binary("initdb").context(
+        "PostgreSQL server binaries not found (Debian/Ubuntu: apt-get install postgresql)",
+    )?;
+    Ok(initdb
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin")))
+}
+
+/// PostgreSQL refuses to run as root: when we are root, run it as the `postgres` user.
+fn postgres_owner() -> anyhow::Result<Option<(nix::unistd::Uid, nix::unistd::Gid)>> {
+    if !mariadb::running_as_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name("postgres")?
+        .context("running tests as root needs a `postgres` user (apt-get install postgresql)")?;
+    Ok(Some((user.uid, user.gid)))
+}
+
+fn as_owner(cmd: &mut Command, owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>) {
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid.as_raw()).gid(gid.as_raw());
+    }
+}

@@ -1,0 +1,514 @@
+//! The one wake path (proxy connections, `GET /wake_compute`, `POST /resume`) and the one
+//! suspend path (scheduler, `POST /suspend`, shutdown, deletes).
+//!
+//! Per project: an address cache entry, an async lock serialising every state change, and a
+//! start back-off. A wake first checks the cache; on a miss it takes the project lock, checks
+//! the cache again (another waiter may have started the compute meanwhile: coalesced), then
+//! reads the state and starts the compute through the driver. A suspend takes the same lock,
+//! so a wake arriving during a suspend waits for it and then starts the compute again.
+//!
+//! The slow path runs in its own task so that a caller giving up (wake timeout, client gone)
+//! never cancels a start half-way: the start finishes and records its outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use crate::driver::{ComputeSpec, RoleOp, Running};
+use crate::error::ControlError;
+use crate::gateway::{ColdStart, WakeError, WakeInfo};
+use crate::metrics as m;
+use crate::roles::RoleDef;
+use crate::store::{Compute, ComputeState, Transition};
+use crate::{ControlPlane, Stats};
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Per-project coordination.
+#[derive(Default)]
+pub(crate) struct Slot {
+    pub(crate) lock: tokio::sync::Mutex<()>,
+    backoff: std::sync::Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Slot {
+    /// Seconds until the next start is allowed, when starts are being held back.
+    fn held_back(&self) -> Option<u64> {
+        let b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let until = b.until?;
+        let left = until.checked_duration_since(Instant::now())?;
+        Some(left.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    fn failed(&self) {
+        let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        b.failures = b.failures.saturating_add(1);
+        let delay = BACKOFF_MIN
+            .saturating_mul(1u32 << (b.failures - 1).min(6))
+            .min(BACKOFF_MAX);
+        b.until = Some(Instant::now() + delay);
+    }
+
+    fn succeeded(&self) {
+        *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) = Backoff::default();
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> WakeError {
+    WakeError::Internal(e.to_string())
+}
+
+impl ControlPlane {
+    pub(crate) fn slot(&self, project_id: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(slots.entry(project_id.to_owned()).or_default())
+    }
+
+    /// (id, name) of a project by id or name, cached.
+    pub(crate) async fn resolve(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, String)>, anyhow::Error> {
+        if let Some(hit) = self.key_cache.get(key) {
+            return Ok(Some(hit));
+        }
+        let generation = self.cache_gen.load(Ordering::SeqCst);
+        let Some(p) = self.store.project_by_key(key).await? else {
+            return Ok(None);
+        };
+        let v = (p.id, p.name);
+        if self.cache_gen.load(Ordering::SeqCst) == generation {
+            self.key_cache.insert(key.to_owned(), v.clone());
+            if self.cache_gen.load(Ordering::SeqCst) != generation {
+                self.key_cache.invalidate(key);
+            }
+        }
+        Ok(Some(v))
+    }
+
+    pub(crate) async fn wake_inner(&self, key: &str) -> Result<WakeInfo, WakeError> {
+        let t0 = Instant::now();
+        Stats::bump(&self.stats.wakes);
+        let result = self.wake_measured(key).await;
+        let outcome = match &result {
+            Ok(info) => info.cold_start.as_str(),
+            Err(_) => "failed",
+        };
+        metrics::histogram!(m::WAKE_DURATION, "outcome" => outcome)
+            .record(t0.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn wake_measured(&self, key: &str) -> Result<WakeInfo, WakeError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(WakeError::Internal("doze is shutting down".into()));
+        }
+        let (project_id, name) = self
+            .resolve(key)
+            .await
+            .map_err(|e| internal(format!("{e:#}")))?
+            .ok_or_else(|| WakeError::Internal(format!("unknown project '{key}'")))?;
+        if let Some(info) = self.wake_cache.get(&project_id) {
+            return Ok(WakeInfo {
+                cold_start: ColdStart::Warm,
+                ..info
+            });
+        }
+        let this = self.arc()?;
+        let span = tracing::info_span!("wake", project_id = %project_id, project = %name);
+        let task =
+            tokio::spawn(async move { this.wake_slow(project_id, name).await }.instrument(span));
+        let timeout = self.cfg.wake_timeout;
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(internal(format!("the wake task failed: {join}"))),
+            Err(_) => Err(WakeError::Timeout {
+                project: key.to_owned(),
+                timeout_secs: timeout.as_secs().max(1),
+            }),
+        }
+    }
+
+    async fn wake_slow(
+        self: Arc<Self>,
+        project_id: String,
+        name: String,
+    ) -> Result<WakeInfo, WakeError> {
+        let slot = self.slot(&project_id);
+        let _guard = slot.lock.lock().await;
+        if let Some(info) = self.wake_cache.get(&project_id) {
+            Stats::bump(&self.stats.wakes_coalesced);
+            metrics::counter!(m::WAKES_COALESCED).increment(1);
+            return Ok(info);
+        }
+        let compute = self
+            .store
+            .compute_for_project(&project_id)
+            .await
+            .map_err(|e| internal(format!("{e:#}")))?
+            .ok_or_else(|| WakeError::NoCompute(name.clone()))?;
+        if compute.state == ComputeState::Running
+            && let Some(address) = compute.address.clone()
+            && self.driver.is_alive(&project_id)
+        {
+            let info = WakeInfo {
+                address,
+                compute_id: compute.id.clone(),
+                cold_start: ColdStart::Warm,
+            };
+            self.wake_cache.insert(project_id, info.clone());
+            return Ok(info);
+        }
+        if let Some(retry_in_secs) = slot.held_back() {
+            return Err(WakeError::RateLimited {
+                project: name,
+                retry_in_secs,
+            });
+        }
+        let compute = match compute.state {
+            ComputeState::Suspended | ComputeState::Failed => compute,
+            _ => {
+                // Recorded as up but not alive: it crashed (or was never adopted).
+                tracing::warn!(compute_id = %compute.id, state = compute.state.as_str(), "compute is gone; restarting it");
+                let _ = self.driver.stop(&project_id).await;
+                self.transition(&compute, ComputeState::Suspended, None, None, "lost")
+                    .await
+                    .map_err(|e| internal(format!("{e:#}")))?
+            }
+        };
+        let result = self.start_locked(&compute, &name).await;
+        match &result {
+            Ok(_) => slot.succeeded(),
+            Err(WakeError::StartFailed { .. }) => slot.failed(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Starts a stopped compute. The caller holds the project lock.
+    async fn start_locked(&self, compute: &Compute, name: &str) -> Result<WakeInfo, WakeError> {
+        let span = tracing::info_span!("start", project_id = %compute.project_id, project = %name, compute_id = %compute.id);
+        async {
+            let roles = if compute.roles_dirty {
+                let roles = self
+                    .store
+                    .list_roles(&compute.project_id)
+                    .await
+                    .map_err(|e| internal(format!("{e:#}")))?;
+                Some(
+                    roles
+                        .into_iter()
+                        .map(|r| RoleDef {
+                            name: r.name,
+                            stored_hash: r.stored_hash,
+                        })
+                        .collect(),
+                )
+            } else {
+                None
+            };
+            let starting = self
+                .transition(compute, ComputeState::Starting, None, None, "wake")
+                .await
+                .map_err(|e| internal(format!("{e:#}")))?;
+            let spec = ComputeSpec {
+                project_id: compute.project_id.clone(),
+                compute_id: compute.id.clone(),
+                config: compute.config.clone(),
+                roles,
+            };
+            let t0 = Instant::now();
+            tracing::info!("starting compute");
+            match self.driver.start(&spec).await {
+                Ok(Running { address, pid }) => {
+                    let took = t0.elapsed();
+                    metrics::histogram!(m::COMPUTE_START_DURATION).record(took.as_secs_f64());
+                    metrics::counter!(m::COMPUTE_STARTS).increment(1);
+                    Stats::bump(&self.stats.compute_starts);
+                    tracing::info!(%address, ?took, "compute running");
+                    self.transition(
+                        &starting,
+                        ComputeState::Running,
+                        Some(&address),
+                        pid,
+                        "wake",
+                    )
+                    .await
+                    .map_err(|e| internal(format!("{e:#}")))?;
+                    if spec.roles.is_some() {
+                        self.store
+                            .set_roles_dirty(&compute.project_id, false)
+                            .await
+                            .map_err(|e| internal(format!("{e:#}")))?;
+                    }
+                    let info = WakeInfo {
+                        address,
+                        compute_id: compute.id.clone(),
+                        cold_start: ColdStart::Resumed,
+                    };
+                    self.wake_cache
+                        .insert(compute.project_id.clone(), info.clone());
+                    Ok(info)
+                }
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    Stats::bump(&self.stats.start_failures);
+                    tracing::error!(%reason, "compute failed to start");
+                    self.transition_with_error(
+                        &starting,
+                        ComputeState::Failed,
+                        &reason,
+                        "start failed",
+                    )
+                    .await
+                    .map_err(|e| internal(format!("{e:#}")))?;
+                    Err(WakeError::StartFailed {
+                        project: name.to_owned(),
+                        reason,
+                    })
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Stops the project's compute if it runs. With `respect_sessions`, refuses while the proxy
+    /// has sessions open on the project. Returns the compute as it is afterwards.
+    pub(crate) async fn suspend_project(
+        &self,
+        project_id: &str,
+        reason: &str,
+        respect_sessions: bool,
+    ) -> Result<Option<Compute>, ControlError> {
+        let slot = self.slot(project_id);
+        let _guard = slot.lock.lock().await;
+        self.suspend_locked(project_id, reason, respect_sessions)
+            .await
+    }
+
+    /// As [`ControlPlane::suspend_project`], for a caller already holding the project lock.
+    pub(crate) async fn suspend_locked(
+        &self,
+        project_id: &str,
+        reason: &str,
+        respect_sessions: bool,
+    ) -> Result<Option<Compute>, ControlError> {
+        // After this, no new wake can be handed the address without taking the lock we hold.
+        self.wake_cache.invalidate(project_id);
+        if respect_sessions {
+            let sessions = self
+                .activity
+                .get(project_id)
+                .map(|a| a.sessions())
+                .unwrap_or(0);
+            if sessions > 0 {
+                return Err(ControlError::SessionsOpen {
+                    project: project_id.to_owned(),
+                    sessions,
+                });
+            }
+        }
+        let Some(compute) = self.store.compute_for_project(project_id).await? else {
+            return Ok(None);
+        };
+        if !matches!(
+            compute.state,
+            ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+        ) {
+            return Ok(Some(compute));
+        }
+        let span = tracing::info_span!("suspend", project_id = %project_id, compute_id = %compute.id, reason);
+        async {
+            let suspending = self
+                .transition(&compute, ComputeState::Suspending, None, None, reason)
+                .await?;
+            let stopped = self.driver.stop(project_id).await;
+            let done = match &stopped {
+                Ok(()) => {
+                    self.transition(&suspending, ComputeState::Suspended, None, None, reason)
+                        .await?
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    tracing::warn!(error = %msg, "compute did not stop cleanly");
+                    self.transition_with_error(&suspending, ComputeState::Suspended, &msg, reason)
+                        .await?
+                }
+            };
+            Stats::bump(&self.stats.suspends);
+            metrics::counter!(m::SUSPENDS, "reason" => reason.to_owned()).increment(1);
+            tracing::info!("compute suspended");
+            Ok(Some(done))
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(crate) async fn shutdown_inner(&self) {
+        let computes = match self.store.list_computes().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "shutdown: cannot list computes");
+                return;
+            }
+        };
+        for c in computes {
+            if matches!(
+                c.state,
+                ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+            ) && let Err(e) = self.suspend_project(&c.project_id, "shutdown", false).await
+            {
+                tracing::error!(project_id = %c.project_id, compute_id = %c.id, error = %e, "shutdown: stopping compute failed");
+            }
+        }
+    }
+
+    /// Makes the store match reality after a restart: adopt what still runs, mark the rest
+    /// suspended.
+    pub(crate) async fn reconcile(&self) -> anyhow::Result<()> {
+        for c in self.store.list_computes().await? {
+            let recorded = c.address.clone().map(|address| Running {
+                address,
+                pid: c.pid,
+            });
+            let found = self.driver.adopt(&c.project_id, recorded).await?;
+            let span =
+                tracing::info_span!("reconcile", project_id = %c.project_id, compute_id = %c.id);
+            let _e = span.enter();
+            match found {
+                Some(run) => {
+                    tracing::info!(address = %run.address, "adopted a compute still running from a previous run");
+                    drop(_e);
+                    self.transition(
+                        &c,
+                        ComputeState::Running,
+                        Some(&run.address),
+                        run.pid,
+                        "adopted",
+                    )
+                    .await?;
+                }
+                None if matches!(
+                    c.state,
+                    ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+                ) =>
+                {
+                    tracing::info!("compute from a previous run is gone; marking it suspended");
+                    drop(_e);
+                    self.transition(&c, ComputeState::Suspended, None, None, "reconcile")
+                        .await?;
+                }
+                None => {}
+            }
+        }
+        let computes = self.store.list_computes().await?;
+        let mut gauges = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        gauges.clear();
+        for c in computes {
+            *gauges.entry(c.state).or_default() += 1;
+        }
+        for st in ComputeState::ALL {
+            let v = gauges.get(&st).copied().unwrap_or(0);
+            metrics::gauge!(m::COMPUTES, "state" => st.as_str()).set(v as f64);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn transition(
+        &self,
+        c: &Compute,
+        to: ComputeState,
+        address: Option<&str>,
+        pid: Option<i64>,
+        reason: &str,
+    ) -> anyhow::Result<Compute> {
+        let clear = if to == ComputeState::Running {
+            Some(None)
+        } else {
+            None
+        };
+        let t = Transition {
+            to,
+            address,
+            pid,
+            last_error: clear,
+            reason,
+        };
+        self.apply_transition(c, &t).await
+    }
+
+    async fn transition_with_error(
+        &self,
+        c: &Compute,
+        to: ComputeState,
+        error: &str,
+        reason: &str,
+    ) -> anyhow::Result<Compute> {
+        let t = Transition {
+            to,
+            address: None,
+            pid: None,
+            last_error: Some(Some(error)),
+            reason,
+        };
+        self.apply_transition(c, &t).await
+    }
+
+    async fn apply_transition(&self, c: &Compute, t: &Transition<'_>) -> anyhow::Result<Compute> {
+        let next = self.store.transition(c, t).await?;
+        tracing::debug!(compute_id = %c.id, project_id = %c.project_id, from = c.state.as_str(), to = t.to.as_str(), reason = t.reason, "compute state change");
+        self.gauge_move(Some(c.state), Some(t.to));
+        Ok(next)
+    }
+
+    /// Moves one compute between the `doze_computes` gauge's states.
+    pub(crate) fn gauge_move(&self, from: Option<ComputeState>, to: Option<ComputeState>) {
+        let mut gauges = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        for (state, delta) in [(from, -1i64), (to, 1)] {
+            if let Some(state) = state {
+                let v = gauges.entry(state).or_default();
+                *v += delta;
+                metrics::gauge!(m::COMPUTES, "state" => state.as_str()).set(*v as f64);
+            }
+        }
+    }
+
+    /// Applies a role change to the project's compute now when it runs, or marks the roles
+    /// for synchronisation at its next start.
+    pub(crate) async fn push_role_change(
+        &self,
+        project_id: &str,
+        op: RoleOp,
+    ) -> Result<(), ControlError> {
+        let slot = self.slot(project_id);
+        let _guard = slot.lock.lock().await;
+        let Some(compute) = self.store.compute_for_project(project_id).await? else {
+            return Ok(());
+        };
+        if compute.state == ComputeState::Running && self.driver.is_alive(project_id) {
+            match self
+                .driver
+                .apply_roles(project_id, std::slice::from_ref(&op))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(project_id, compute_id = %compute.id, error = %format!("{e:#}"),
+                        "applying a role change to the running compute failed; it will be synchronised at the next start");
+                }
+            }
+        }
+        self.store.set_roles_dirty(project_id, true).await?;
+        Ok(())
+    }
+}

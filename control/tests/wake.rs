@@ -1,0 +1,394 @@
+//! The wake path against real mariadbd processes: herds, lifecycle, races, failures, restarts.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use doze_control::activity::Activity;
+use doze_control::gateway::{ColdStart, WakeError};
+use doze_control::store::ComputeState;
+use doze_control::{ControlPlane, Stats};
+use mysql_async::prelude::Queryable;
+
+fn starts(p: &ControlPlane) -> u64 {
+    Stats::get(&p.stats().compute_starts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn herd_of_200_wakes_starts_the_compute_once() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (pid, cid) = env.project_with_compute("herd", "app", "herd-pw").await;
+    // First start initialises storage; suspend so the herd meets a real resume.
+    plane.wake(&pid).await.expect("first wake");
+    plane.suspend_compute(&cid).await.expect("suspend");
+    assert_eq!(mariadbd_on(&datadir_of(plane, &pid)), 0);
+
+    let before = starts(plane);
+    let coalesced_before = Stats::get(&plane.stats().wakes_coalesced);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let plane = Arc::clone(plane);
+        // Half by id, half by name: both resolve to the one project.
+        let key = if i % 2 == 0 {
+            pid.clone()
+        } else {
+            "herd".to_owned()
+        };
+        tasks.push(tokio::spawn(async move { plane.wake(&key).await }));
+    }
+    let mut addresses = std::collections::HashSet::new();
+    let mut resumed = 0;
+    for t in tasks {
+        let info = t.await.expect("join").expect("every wake succeeds");
+        assert_eq!(info.compute_id, cid);
+        if info.cold_start == ColdStart::Resumed {
+            resumed += 1;
+        }
+        addresses.insert(info.address);
+    }
+    assert_eq!(starts(plane), before + 1, "exactly one driver start");
+    assert_eq!(addresses.len(), 1, "every caller got the same address");
+    assert!(resumed >= 1);
+    let coalesced = Stats::get(&plane.stats().wakes_coalesced) - coalesced_before;
+    assert!(coalesced <= 199, "coalesced {coalesced}");
+    assert_eq!(mariadbd_on(&datadir_of(plane, &pid)), 1);
+    let addr = addresses.into_iter().next().expect("address");
+    assert_eq!(select_one(&addr, "app", "herd-pw").await, 1);
+    plane.shutdown().await;
+    assert_eq!(mariadbd_on(&datadir_of(plane, &pid)), 0);
+    let c = plane.compute(&cid).await.expect("compute");
+    assert_eq!(c.state, ComputeState::Suspended);
+    let events = plane.compute_events(&cid).await.expect("events");
+    assert_eq!(events.last().map(|e| e.reason.as_str()), Some("shutdown"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_rows_survive_suspend_resume_cycles() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (pid, cid) = env.project_with_compute("cycles", "app", "cycle-pw").await;
+    let mut previous_address = None;
+    for cycle in 0..4i64 {
+        let info = plane.wake("cycles").await.expect("wake");
+        assert_eq!(info.cold_start, ColdStart::Resumed, "cycle {cycle}");
+        let mut conn = connect(&info.address, "app", "cycle-pw")
+            .await
+            .expect("connect");
+        conn.query_drop("CREATE DATABASE IF NOT EXISTS app")
+            .await
+            .expect("db");
+        conn.query_drop("CREATE TABLE IF NOT EXISTS app.t (n BIGINT PRIMARY KEY, s TEXT)")
+            .await
+            .expect("table");
+        let count: Option<i64> = conn
+            .query_first("SELECT COUNT(*) FROM app.t")
+            .await
+            .expect("count");
+        assert_eq!(count, Some(cycle * 10), "rows of earlier cycles are there");
+        for n in 0..10 {
+            conn.exec_drop(
+                "INSERT INTO app.t VALUES (?, ?)",
+                (cycle * 10 + n, format!("row {n}")),
+            )
+            .await
+            .expect("insert");
+        }
+        conn.disconnect().await.ok();
+        let running = plane.compute(&cid).await.expect("compute");
+        assert_eq!(running.state, ComputeState::Running);
+        assert_eq!(running.address.as_deref(), Some(info.address.as_str()));
+        let warm = plane.wake(&pid).await.expect("warm wake");
+        assert_eq!(warm.cold_start, ColdStart::Warm);
+        let suspended = plane.suspend_compute(&cid).await.expect("suspend");
+        assert_eq!(suspended.state, ComputeState::Suspended);
+        assert_eq!(suspended.address, None);
+        assert_eq!(mariadbd_on(&datadir_of(plane, &pid)), 0);
+        previous_address = Some(info.address);
+    }
+    assert!(previous_address.is_some());
+    let info = plane.wake(&pid).await.expect("final wake");
+    let mut conn = connect(&info.address, "app", "cycle-pw")
+        .await
+        .expect("connect");
+    let count: Option<i64> = conn
+        .query_first("SELECT COUNT(*) FROM app.t")
+        .await
+        .expect("count");
+    assert_eq!(count, Some(40));
+    conn.disconnect().await.ok();
+    assert_eq!(starts(plane), 5);
+    assert_eq!(Stats::get(&plane.stats().suspends), 4);
+    let events = plane.compute_events(&cid).await.expect("events");
+    let path: Vec<String> = events
+        .iter()
+        .take(4)
+        .map(|e| format!("{}>{}", e.from_state, e.to_state))
+        .collect();
+    assert_eq!(
+        path,
+        [
+            "suspended>starting",
+            "starting>running",
+            "running>suspending",
+            "suspending>suspended"
+        ]
+    );
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_racing_a_suspend_waits_and_gets_a_working_compute() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (pid, cid) = env.project_with_compute("race", "app", "race-pw").await;
+    for delay_ms in [0u64, 1, 5, 15] {
+        plane.wake(&pid).await.expect("wake");
+        let suspender = {
+            let plane = Arc::clone(plane);
+            let cid = cid.clone();
+            tokio::spawn(async move { plane.suspend_compute(&cid).await })
+        };
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let info = plane
+            .wake(&pid)
+            .await
+            .expect("a wake during a suspend never fails");
+        suspender.await.expect("join").expect("suspend ok");
+        // Whatever the interleaving, the address we got must serve queries now, unless the
+        // suspend came after our wake (then the state says suspended and a new wake starts it).
+        let c = plane.compute(&cid).await.expect("compute");
+        let addr = if c.state == ComputeState::Running {
+            info.address
+        } else {
+            plane.wake(&pid).await.expect("wake again").address
+        };
+        assert_eq!(
+            select_one(&addr, "app", "race-pw").await,
+            1,
+            "delay {delay_ms}"
+        );
+        assert_eq!(mariadbd_on(&datadir_of(plane, &pid)), 1);
+    }
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_that_cannot_start_fails_with_its_log_and_is_rate_limited() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let p = plane
+        .create_project("broken", serde_json::json!({}))
+        .await
+        .expect("project");
+    let c = plane
+        .create_compute(
+            &p.id,
+            serde_json::json!({"mariadb_options": {"no_such_server_option": "1"}}),
+        )
+        .await
+        .expect("compute");
+    let err = plane.wake("broken").await.expect_err("start must fail");
+    let WakeError::StartFailed { project, reason } = &err else {
+        panic!("expected StartFailed, got {err:?}");
+    };
+    assert_eq!(project, "broken");
+    assert!(
+        reason.contains("no-such-server-option"),
+        "reason carries the error log: {reason}"
+    );
+    assert!(reason.contains("error log"), "{reason}");
+    let failed = plane.compute(&c.id).await.expect("compute");
+    assert_eq!(failed.state, ComputeState::Failed);
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no-such-server-option"))
+    );
+
+    let again = plane
+        .wake(&p.id)
+        .await
+        .expect_err("second wake right after");
+    assert!(
+        matches!(
+            again,
+            WakeError::RateLimited {
+                retry_in_secs: 1..,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert_eq!(Stats::get(&plane.stats().start_failures), 1);
+    assert_eq!(starts(plane), 0);
+    assert_eq!(mariadbd_on(&datadir_of(plane, &p.id)), 0);
+
+    // Over REST: the failure is visible and the wake answers 503.
+    let router = plane.admin_router(None);
+    let resp = call(
+        &router,
+        "GET",
+        &format!("/api/v1/wake_compute?endpointish={}", p.name),
+        None,
+        None,
+    )
+    .await;
+    assert_error(
+        &resp,
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "rate_limited",
+    );
+    let resp = call(
+        &router,
+        "GET",
+        &format!("/api/v1/compute/{}", c.id),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(resp.1["state"], "failed");
+    assert!(
+        resp.1["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-server-option"))
+    );
+
+    // After the back-off, a further start is attempted again (and fails again).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let third = plane.wake(&p.id).await.expect_err("still broken");
+    assert!(matches!(third, WakeError::StartFailed { .. }), "{third:?}");
+    assert_eq!(Stats::get(&plane.stats().start_failures), 2);
+    let fourth = plane.wake(&p.id).await.expect_err("backing off longer");
+    assert!(
+        matches!(fourth, WakeError::RateLimited { .. }),
+        "{fourth:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_doze_adopts_running_computes_and_never_starts_twice() {
+    let dir = tempfile::Builder::new()
+        .prefix("doze-ctl-")
+        .tempdir()
+        .expect("tempdir");
+    let cfg = config(&dir);
+    let a = ControlPlane::start(cfg.clone(), Activity::new())
+        .await
+        .expect("A");
+    let data_root = a.config().data_dir.clone();
+    let p = a
+        .create_project("phoenix", serde_json::json!({}))
+        .await
+        .expect("project");
+    let c = a
+        .create_compute(&p.id, serde_json::json!({}))
+        .await
+        .expect("compute");
+    a.create_role(&p.id, "app", "phoenix-pw")
+        .await
+        .expect("role");
+    let first = a.wake(&p.id).await.expect("wake via A");
+    {
+        let mut conn = connect(&first.address, "app", "phoenix-pw")
+            .await
+            .expect("connect");
+        conn.query_drop("CREATE DATABASE d").await.expect("db");
+        conn.query_drop("CREATE TABLE d.t (n INT)")
+            .await
+            .expect("table");
+        conn.query_drop("INSERT INTO d.t VALUES (1), (2), (3)")
+            .await
+            .expect("insert");
+        conn.disconnect().await.ok();
+    }
+    // A "crashes": dropped without shutdown, its mariadbd keeps running.
+    drop(a);
+    let datadir = data_root.join("projects").join(&p.id).join("data");
+    assert_eq!(mariadbd_on(&datadir), 1);
+
+    let b = ControlPlane::start(cfg.clone(), Activity::new())
+        .await
+        .expect("B");
+    let adopted = b.compute(&c.id).await.expect("compute");
+    assert_eq!(adopted.state, ComputeState::Running, "adopted as running");
+    assert_eq!(adopted.address.as_deref(), Some(first.address.as_str()));
+    let info = b.wake("phoenix").await.expect("wake via B");
+    assert_eq!(info.address, first.address);
+    assert_eq!(info.cold_start, ColdStart::Warm);
+    assert_eq!(starts(&b), 0, "B started nothing");
+    assert_eq!(
+        mariadbd_on(&datadir),
+        1,
+        "still exactly one mariadbd on the datadir"
+    );
+    assert_eq!(select_one(&info.address, "app", "phoenix-pw").await, 1);
+
+    // B crashes too, and then the server dies while nobody watches.
+    let pid = adopted.pid.expect("pid recorded");
+    drop(b);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill mariadbd");
+    for _ in 0..500 {
+        if mariadbd_on(&datadir) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let c2 = ControlPlane::start(cfg, Activity::new()).await.expect("C");
+    let marked = c2.compute(&c.id).await.expect("compute");
+    assert_eq!(
+        marked.state,
+        ComputeState::Suspended,
+        "a dead compute is marked suspended"
+    );
+    assert_eq!(marked.address, None);
+    let info = c2.wake(&p.id).await.expect("wake via C");
+    assert_eq!(info.cold_start, ColdStart::Resumed);
+    assert_eq!(starts(&c2), 1);
+    assert_eq!(mariadbd_on(&datadir), 1);
+    let mut conn = connect(&info.address, "app", "phoenix-pw")
+        .await
+        .expect("connect");
+    let n: Option<i64> = conn
+        .query_first("SELECT COUNT(*) FROM d.t")
+        .await
+        .expect("count");
+    assert_eq!(
+        n,
+        Some(3),
+        "committed rows survive a crash (InnoDB recovery)"
+    );
+    conn.disconnect().await.ok();
+    c2.shutdown().await;
+    assert_eq!(mariadbd_on(&datadir), 0);
+    kill_all_under(&data_root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_after_a_crash_restarts_the_compute() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (pid, cid) = env.project_with_compute("crashy", "app", "crash-pw").await;
+    plane.wake(&pid).await.expect("wake");
+    let c = plane.compute(&cid).await.expect("compute");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.pid.expect("pid") as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The proxy fails to connect and invalidates; the next wake notices and restarts.
+    plane.invalidate(&pid);
+    let info = plane.wake(&pid).await.expect("wake after crash");
+    assert_eq!(info.cold_start, ColdStart::Resumed);
+    assert_eq!(select_one(&info.address, "app", "crash-pw").await, 1);
+    assert_eq!(starts(plane), 2);
+    plane.shutdown().await;
+}

@@ -1,0 +1,3 @@
+//! Authentication plugin math.
+
+pub mod native_password;

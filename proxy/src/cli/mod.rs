@@ -1,0 +1,86 @@
+//! The command line: `serve`, and `project` / `compute` / `role` over the admin API.
+
+mod admin;
+mod serve;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "doze",
+    version,
+    about = "A serverless front door for MariaDB: one MySQL endpoint that wakes each project's compute on connect and suspends it when idle.",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy, the control plane (admin API, computes, wake) and the auto-suspend scheduler.
+    Serve(Box<serve::ServeArgs>),
+    /// Create, list, show and delete projects (through a running doze's admin API).
+    #[command(subcommand)]
+    Project(admin::ProjectCmd),
+    /// Create, show, suspend, resume and delete computes (through the admin API).
+    #[command(subcommand)]
+    Compute(admin::ComputeCmd),
+    /// Create, list and delete a project's roles (through the admin API).
+    #[command(subcommand)]
+    Role(admin::RoleCmd),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(*args).await,
+        Command::Project(cmd) => admin::project(cmd).await,
+        Command::Compute(cmd) => admin::compute(cmd).await,
+        Command::Role(cmd) => admin::role(cmd).await,
+    }
+}
+
+/// Parses durations such as `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration; use e.g. 250ms, 30s, 5m, 1h"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}'; use ms, s, m or h"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{text}' is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

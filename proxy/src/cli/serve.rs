@@ -1,0 +1,280 @@
+//! `doze serve`: wires the proxy, the control plane, the admin API and the scheduler together,
+//! and shuts them down in order on SIGTERM/SIGINT (stop accepting, drain sessions, stop computes).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use doze_control::activity::Activity;
+use doze_control::{ControlConfig, ControlPlane, DriverKind};
+use doze_proxy::static_routes::StaticRoutes;
+use doze_proxy::{Control, ProxyConfig, Shared, accept, tls};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::parse_duration;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address the MySQL proxy listens on; applications point their drivers here.
+    #[arg(long, env = "DOZE_PROXY_LISTEN", default_value = "127.0.0.1:6033")]
+    proxy_listen: SocketAddr,
+
+    /// Address of the admin REST API, /metrics and /healthz. A non-loopback address needs --admin-token.
+    #[arg(long, env = "DOZE_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+    admin_listen: SocketAddr,
+
+    /// Where state lives: sqlite://PATH (created on first start) or postgres://user:pass@host/db.
+    #[arg(
+        long,
+        env = "DOZE_DB_DSN",
+        default_value = "sqlite://./doze-data/state.db"
+    )]
+    db_dsn: String,
+
+    /// Directory for the computes' storage (one MariaDB data directory per project).
+    #[arg(long, env = "DOZE_DATA_DIR", default_value = "./doze-data")]
+    data_dir: PathBuf,
+
+    /// Compute driver: `local` runs mariadbd processes on this machine.
+    #[arg(long, env = "DOZE_DRIVER", default_value = "local")]
+    driver: String,
+
+    /// Suspend a compute after this long without sessions or traffic (a project's config.idle_timeout, in seconds, overrides; 0 = never).
+    #[arg(long, env = "DOZE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+
+    /// How often the scheduler looks for idle computes.
+    #[arg(long, env = "DOZE_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    check_interval: Duration,
+
+    /// Bearer token required on every /api route. Required when --admin-listen is not loopback.
+    #[arg(long, env = "DOZE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
+    /// Longest a client waits for its project's compute to wake before it gets an error.
+    #[arg(long, env = "DOZE_WAKE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    wake_timeout: Duration,
+
+    /// Largest packet computes accept (MariaDB max_allowed_packet), e.g. 64M or 1G.
+    #[arg(long, env = "DOZE_MAX_ALLOWED_PACKET", default_value = "64M")]
+    max_allowed_packet: String,
+
+    /// Run the proxy alone with projects, backends and roles from this TOML file (no control plane, nothing is woken).
+    #[arg(long, env = "DOZE_ROUTES")]
+    routes: Option<PathBuf>,
+
+    /// PEM certificate chain for TLS to clients (with --tls-key). Without it, SSL is not offered.
+    #[arg(long, env = "DOZE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "DOZE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Refuse clients that do not upgrade to TLS (with a clear error).
+    #[arg(long, env = "DOZE_REQUIRE_TLS", requires = "tls_cert")]
+    require_tls: bool,
+
+    /// Route TLS clients by SNI: a client connecting to <project>.<suffix> reaches that project.
+    #[arg(long, env = "DOZE_SNI_SUFFIX")]
+    sni_suffix: Option<String>,
+
+    /// Server version announced to clients (MariaDB 10.x clients strip the 5.5.5- prefix).
+    #[arg(long, env = "DOZE_SERVER_VERSION", default_value = doze_proxy::config::DEFAULT_SERVER_VERSION)]
+    server_version: String,
+
+    /// Close clients that have not finished the handshake and login within this time.
+    #[arg(long, env = "DOZE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+
+    /// Timeout of the TCP connect to a compute.
+    #[arg(long, env = "DOZE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+
+    /// Client connections open at once, all projects together; more get ERR 1040.
+    #[arg(long, env = "DOZE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Client connections open at once per project (0 = no limit); more get ERR 1040.
+    #[arg(long, env = "DOZE_MAX_CONNECTIONS_PER_PROJECT", default_value_t = 0)]
+    max_connections_per_project: u64,
+
+    /// On SIGTERM/SIGINT, wait this long for open sessions to finish before closing them.
+    #[arg(long, env = "DOZE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+
+    /// Send a PROXY protocol v2 header to computes so MariaDB sees client addresses (computes must list doze in proxy_protocol_networks).
+    #[arg(long, env = "DOZE_BACKEND_PROXY_PROTOCOL")]
+    backend_proxy_protocol: bool,
+
+    /// Bind the proxy port with SO_REUSEPORT so several doze processes can share it.
+    #[arg(long, env = "DOZE_REUSE_PORT")]
+    reuse_port: bool,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let metrics = install_metrics()?;
+    let proxy_cfg = proxy_config(&args)?;
+    let listener = accept::bind(&proxy_cfg)
+        .with_context(|| format!("binding the proxy to {}", args.proxy_listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(wait_for_signal(stop_tx));
+    if let Some(routes) = &args.routes {
+        let routes = Arc::new(StaticRoutes::load(routes)?);
+        let admin = TcpListener::bind(args.admin_listen)
+            .await
+            .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
+        tokio::spawn(serve_http(
+            admin,
+            metrics_only_router(metrics),
+            stop_rx.clone(),
+        ));
+        info!(proxy = %args.proxy_listen, metrics = %args.admin_listen, "doze serving static routes");
+        run_proxy(listener, proxy_cfg, routes, stop_rx).await;
+        return Ok(());
+    }
+    doze_control::validate_admin_bind(&args.admin_listen, args.admin_token.as_deref())?;
+    let control = ControlPlane::start(control_config(&args)?, Activity::new())
+        .await
+        .context("starting the control plane")?;
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
+    tokio::spawn(serve_http(
+        admin,
+        control.admin_router(Some(metrics)),
+        stop_rx.clone(),
+    ));
+    let scheduler = control.spawn_scheduler();
+    info!(
+        proxy = %args.proxy_listen,
+        admin = %format!("http://{}", args.admin_listen),
+        state = %args.db_dsn,
+        "doze is up"
+    );
+    run_proxy(listener, proxy_cfg, Arc::clone(&control), stop_rx).await;
+    scheduler.abort();
+    info!("stopping computes");
+    control.shutdown().await;
+    info!("bye");
+    Ok(())
+}
+
+async fn run_proxy<C: Control + Clone>(
+    listener: TcpListener,
+    cfg: ProxyConfig,
+    control: C,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared { cfg, control });
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        info!("shutdown requested: no longer accepting connections");
+    };
+    accept::serve(listener, shared, shutdown).await;
+}
+
+fn proxy_config(args: &ServeArgs) -> anyhow::Result<ProxyConfig> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    if args.sni_suffix.is_some() && tls.is_none() {
+        bail!("--sni-suffix routes by the TLS server name, so it needs --tls-cert and --tls-key");
+    }
+    Ok(ProxyConfig {
+        listen: args.proxy_listen,
+        tls,
+        require_tls: args.require_tls,
+        sni_suffix: args.sni_suffix.clone(),
+        server_version: args.server_version.clone(),
+        handshake_timeout: args.handshake_timeout,
+        connect_timeout: args.connect_timeout,
+        wake_timeout: args.wake_timeout,
+        max_connections: args.max_connections,
+        max_connections_per_project: args.max_connections_per_project,
+        drain_timeout: args.drain_timeout,
+        backend_proxy_protocol: args.backend_proxy_protocol,
+        reuse_port: args.reuse_port,
+        ..ProxyConfig::default()
+    })
+}
+
+fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
+    let driver: DriverKind = args
+        .driver
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--driver {}: {e}", args.driver))?;
+    Ok(ControlConfig {
+        db_dsn: args.db_dsn.clone(),
+        data_dir: args.data_dir.clone(),
+        driver,
+        idle_timeout: args.idle_timeout,
+        check_interval: args.check_interval,
+        wake_timeout: args.wake_timeout,
+        admin_token: args.admin_token.clone(),
+        max_allowed_packet: args.max_allowed_packet.clone(),
+        ..ControlConfig::default()
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DOZE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Installs the global Prometheus recorder, with 0.5 ms .. 30 s buckets for every `*_seconds`
+/// histogram.
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            doze_proxy::metrics::DURATION_BUCKETS,
+        )
+        .context("metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+fn metrics_only_router(handle: PrometheusHandle) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+}
+
+async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        error!("admin API stopped: {e}");
+    }
+}
+
+async fn wait_for_signal(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        error!("cannot listen for SIGTERM");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop.send(true);
+}

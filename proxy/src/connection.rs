@@ -1,0 +1,331 @@
+//! The life of one client connection, phase by phase:
+//! handshake -> route -> authenticate -> wake -> backend login -> relay.
+//!
+//! Every phase returns the value the next one consumes. Failures become a MySQL ERR packet for
+//! the client (when it can still read one) and a fixed `reason` label in the metrics. Every log
+//! line of a session carries its connection id, and its project once known.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use doze_control::activity::{ProjectActivity, SessionGuard};
+use doze_control::gateway::WakeInfo;
+use doze_protocol::Capabilities;
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use crate::auth::{self, Attempt, Credentials};
+use crate::backend::{self, Backend, Login};
+use crate::config::ProxyConfig;
+use crate::control::Control;
+use crate::error::ProxyError;
+use crate::handshake::{self, ClientHello};
+use crate::metrics;
+use crate::relay::{self, End, change_user::AuthState, change_user::SessionAuth};
+use crate::route::{self, Route};
+use crate::stream::{ClientStream, send_err, write_payload};
+
+/// What every connection shares: settings and the control plane.
+pub struct Shared<C> {
+    pub cfg: ProxyConfig,
+    pub control: C,
+}
+
+/// Runs one connection to its end, logging and counting how it ended.
+pub async fn handle<C: Control + Clone>(
+    shared: Arc<Shared<C>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u32,
+) {
+    let span = info_span!("conn", id, %peer, project = field::Empty, user = field::Empty);
+    async move {
+        let _active = metrics::ActiveGuard::new();
+        let started = Instant::now();
+        match run(&shared, tcp, peer, id).await {
+            Ok(end) => {
+                metrics::closed(end.reason());
+                info!(
+                    reason = end.reason(),
+                    secs = started.elapsed().as_secs_f64(),
+                    "session closed"
+                );
+            }
+            Err(e) => {
+                metrics::closed(e.reason());
+                if e.is_client_fault() {
+                    info!(reason = e.reason(), "connection refused: {e}");
+                } else {
+                    warn!(reason = e.reason(), "connection failed: {e}");
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A client that proved its password.
+struct Authenticated {
+    stream: ClientStream,
+    hello_caps: Capabilities,
+    collation: u8,
+    max_packet: u32,
+    attributes: Option<Vec<(String, String)>>,
+    scramble: [u8; 20],
+    next_seq: u8,
+    route: Route,
+    project_id: String,
+    project_name: String,
+    credentials: Credentials,
+}
+
+async fn run<C: Control + Clone>(
+    shared: &Shared<C>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u32,
+) -> Result<End, ProxyError> {
+    let cfg = &shared.cfg;
+    let local = tcp.local_addr().ok();
+    let started = Instant::now();
+    let login = tokio::time::timeout(cfg.handshake_timeout, login_client(shared, tcp, id));
+    let mut client = login.await.map_err(|_| ProxyError::HandshakeTimeout)??;
+    metrics::handshake_duration().record(started.elapsed().as_secs_f64());
+    let activity = shared.control.activity(&client.project_id);
+    if let Err(e) = check_project_limit(cfg, &activity) {
+        return fail(client.stream, client.next_seq, e).await;
+    }
+    let _session = activity.open_session();
+    let proxy_header = match (cfg.backend_proxy_protocol, local) {
+        (true, Some(local)) => Some((peer, local)),
+        _ => None,
+    };
+    let backend = match connect_backend(shared, &client, proxy_header).await {
+        Ok(b) => b,
+        Err(e) => return fail(client.stream, client.next_seq, e).await,
+    };
+    client.next_seq = write_payload(&mut client.stream, client.next_seq, &backend.ok_payload)
+        .await
+        .map_err(ProxyError::ClientIo)?;
+    relay_session(shared, client, backend, &activity, _session).await
+}
+
+/// Phases 1-3 (handshake, route, authenticate), all under the handshake timeout.
+async fn login_client<C: Control>(
+    shared: &Shared<C>,
+    tcp: TcpStream,
+    id: u32,
+) -> Result<Authenticated, ProxyError> {
+    let cfg = &shared.cfg;
+    let hello = match handshake::client_handshake(tcp, id, cfg).await {
+        Ok(h) => h,
+        Err(failed) => {
+            if let Some(stream) = failed.stream {
+                return fail(stream, failed.seq, failed.error).await;
+            }
+            return Err(failed.error);
+        }
+    };
+    let ClientHello {
+        mut stream,
+        response,
+        scramble,
+        capabilities,
+        mut next_seq,
+    } = hello;
+    let Some(route) = route::route(
+        stream.sni(),
+        cfg.sni_suffix.as_deref(),
+        &response.username,
+        response.database.as_deref(),
+    ) else {
+        metrics::auth_failure("no_project");
+        return fail(stream, next_seq, ProxyError::NoProject).await;
+    };
+    let span = tracing::Span::current();
+    span.record("project", route.project_key.as_str());
+    span.record("user", route.user.as_str());
+    let lookup = match shared
+        .control
+        .lookup_role(&route.project_key, &route.user)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            metrics::auth_failure("unknown_project");
+            return fail(stream, next_seq, e.into()).await;
+        }
+    };
+    let attempt = Attempt {
+        plugin: response.auth_plugin.as_deref(),
+        token: &response.auth_response,
+    };
+    let checked = auth::authenticate(
+        &mut stream,
+        &mut next_seq,
+        &scramble,
+        attempt,
+        lookup.stored_hash,
+        &route.user,
+    )
+    .await;
+    let credentials = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            if matches!(e, ProxyError::AccessDenied { .. }) {
+                metrics::auth_failure("bad_password");
+            }
+            return fail(stream, next_seq, e).await;
+        }
+    };
+    debug!(via = route.via, "authenticated");
+    Ok(Authenticated {
+        stream,
+        hello_caps: capabilities,
+        collation: response.collation,
+        max_packet: response.max_packet,
+        attributes: response.attributes,
+        scramble,
+        next_seq,
+        route,
+        project_id: lookup.project_id,
+        project_name: lookup.project_name,
+        credentials,
+    })
+}
+
+fn check_project_limit(cfg: &ProxyConfig, activity: &ProjectActivity) -> Result<(), ProxyError> {
+    let max = cfg.max_connections_per_project;
+    if max > 0 && activity.sessions() >= max {
+        return Err(ProxyError::TooManyConnections(" for this project"));
+    }
+    Ok(())
+}
+
+/// Phases 4-5: wake the compute, connect and log in. A refused connect to a cached address
+/// invalidates it and wakes once more.
+async fn connect_backend<C: Control>(
+    shared: &Shared<C>,
+    client: &Authenticated,
+    proxy_header: Option<(SocketAddr, SocketAddr)>,
+) -> Result<Backend, ProxyError> {
+    let cfg = &shared.cfg;
+    let login = Login {
+        user: &client.route.user,
+        database: client.route.database.as_deref(),
+        credentials: &client.credentials,
+        capabilities: client.hello_caps,
+        collation: client.collation,
+        max_packet: client.max_packet,
+        attributes: client.attributes.as_deref(),
+        proxy_header,
+    };
+    let mut retried = false;
+    loop {
+        let wake = wake(shared, &client.project_id).await?;
+        let started = Instant::now();
+        match backend::connect(&wake.address, cfg.connect_timeout).await {
+            Ok(tcp) => {
+                let backend = backend::login(tcp, &login).await?;
+                metrics::backend_login().record(started.elapsed().as_secs_f64());
+                return Ok(backend);
+            }
+            Err(e) if !retried => {
+                warn!(compute = %wake.compute_id, "compute refused the connection ({e}); waking again");
+                shared.control.invalidate(&client.project_id);
+                retried = true;
+            }
+            Err(e) => return Err(ProxyError::BackendConnect(e)),
+        }
+    }
+}
+
+/// Phase 4: the compute's address, bounded by the wake timeout.
+async fn wake<C: Control>(shared: &Shared<C>, project_id: &str) -> Result<WakeInfo, ProxyError> {
+    let timeout = shared.cfg.wake_timeout;
+    let started = Instant::now();
+    let woken = tokio::time::timeout(timeout, shared.control.wake(project_id))
+        .await
+        .map_err(|_| ProxyError::WakeTimeout(timeout.as_secs()))?;
+    let waited = started.elapsed();
+    match woken {
+        Ok(info) => {
+            metrics::wake_wait(info.cold_start.as_str()).record(waited.as_secs_f64());
+            debug!(cold_start = %info.cold_start, ms = waited.as_secs_f64() * 1e3, "compute ready");
+            Ok(info)
+        }
+        Err(e) => {
+            metrics::wake_wait("failed").record(waited.as_secs_f64());
+            Err(ProxyError::Wake(e))
+        }
+    }
+}
+
+/// Phase 6: relay until one side closes.
+async fn relay_session<C: Control + Clone>(
+    shared: &Shared<C>,
+    client: Authenticated,
+    backend: Backend,
+    activity: &Arc<ProjectActivity>,
+    _session: SessionGuard,
+) -> Result<End, ProxyError> {
+    info!(via = client.route.via, "session started");
+    let mut auth = ConnAuth {
+        control: shared.control.clone(),
+        project_id: client.project_id,
+        project_name: client.project_name,
+        state: AuthState {
+            proxy_scramble: client.scramble,
+            client_caps: client.hello_caps,
+            backend_caps: backend.capabilities,
+            backend_scramble: backend.scramble,
+            user: client.route.user,
+            credentials: client.credentials,
+        },
+    };
+    let mut backend_tcp = backend.stream;
+    let (mut br, mut bw) = backend_tcp.split();
+    match client.stream {
+        ClientStream::Plain(mut tcp) => {
+            let (mut cr, mut cw) = tcp.split();
+            relay::relay(&mut cr, &mut cw, &mut br, &mut bw, activity, &mut auth).await
+        }
+        tls @ ClientStream::Tls(_) => {
+            let (mut cr, mut cw) = tokio::io::split(tls);
+            relay::relay(&mut cr, &mut cw, &mut br, &mut bw, activity, &mut auth).await
+        }
+    }
+}
+
+/// COM_CHANGE_USER lookups for a session, within its project only.
+struct ConnAuth<C> {
+    control: C,
+    project_id: String,
+    project_name: String,
+    state: AuthState,
+}
+
+impl<C: Control> SessionAuth for ConnAuth<C> {
+    fn is_own_project(&self, key: &str) -> bool {
+        key == self.project_id || key == self.project_name
+    }
+
+    async fn lookup(&self, user: &str) -> Result<Option<[u8; 20]>, ProxyError> {
+        let found = self.control.lookup_role(&self.project_id, user).await?;
+        Ok(found.stored_hash)
+    }
+
+    fn state(&mut self) -> &mut AuthState {
+        &mut self.state
+    }
+}
+
+/// Sends the client the ERR for `error` (when it has one) and returns the error.
+async fn fail<T>(mut stream: ClientStream, seq: u8, error: ProxyError) -> Result<T, ProxyError> {
+    if let Some(packet) = error.to_err_packet() {
+        send_err(&mut stream, seq, &packet).await;
+    }
+    Err(error)
+}

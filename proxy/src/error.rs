@@ -1,0 +1,225 @@
+//! Errors of a client connection, each knowing what the client is told, which MySQL error code
+//! and SQLSTATE it gets, and which fixed `reason` label it is counted under.
+//!
+//! Messages sent to clients are written for a person to act on and never carry internal
+//! details such as backend addresses or stored hashes.
+
+use doze_control::gateway::{LookupError, WakeError};
+use doze_protocol::{ErrPacket, ProtocolError};
+
+/// Everything that can end a client connection before or during the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("client I/O: {0}")]
+    ClientIo(#[source] std::io::Error),
+    #[error("client sent a malformed packet: {0}")]
+    ClientProtocol(#[source] ProtocolError),
+    #[error("client did not complete the handshake in time")]
+    HandshakeTimeout,
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("TLS is required")]
+    TlsRequired,
+    #[error("client uses the pre-4.1 protocol")]
+    ClientTooOld,
+    #[error("no project named in the connection")]
+    NoProject,
+    #[error("unknown project '{0}'")]
+    UnknownProject(String),
+    #[error("control plane unavailable: {0}")]
+    ControlUnavailable(String),
+    #[error("access denied for user '{user}'")]
+    AccessDenied { user: String },
+    #[error("too many connections{0}")]
+    TooManyConnections(&'static str),
+    #[error("wake failed: {0}")]
+    Wake(#[source] WakeError),
+    #[error("wake did not finish within {0}s")]
+    WakeTimeout(u64),
+    #[error("backend connect failed: {0}")]
+    BackendConnect(#[source] std::io::Error),
+    #[error("backend I/O: {0}")]
+    BackendIo(#[source] std::io::Error),
+    #[error("backend sent a malformed packet: {0}")]
+    BackendProtocol(#[source] ProtocolError),
+    /// The backend answered the login with an ERR (unknown database, too many connections...):
+    /// the client gets that very ERR.
+    #[error("backend refused the login: {}", .0.message)]
+    BackendErr(ErrPacket),
+    #[error("backend lacks capabilities the client agreed to: {0}")]
+    BackendIncompatible(String),
+    #[error("COM_CHANGE_USER refused: {0}")]
+    ChangeUserRefused(String),
+    #[error("doze is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// A fixed label for metrics (`doze_proxy_connections_closed_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::ClientIo(_) => "client_io",
+            ProxyError::ClientProtocol(_) => "client_protocol",
+            ProxyError::HandshakeTimeout => "handshake_timeout",
+            ProxyError::Tls(_) => "tls",
+            ProxyError::TlsRequired => "tls_required",
+            ProxyError::ClientTooOld => "client_too_old",
+            ProxyError::NoProject => "no_project",
+            ProxyError::UnknownProject(_) => "unknown_project",
+            ProxyError::ControlUnavailable(_) => "control_unavailable",
+            ProxyError::AccessDenied { .. } => "access_denied",
+            ProxyError::TooManyConnections(_) => "too_many_connections",
+            ProxyError::Wake(_) => "wake_failed",
+            ProxyError::WakeTimeout(_) => "wake_timeout",
+            ProxyError::BackendConnect(_) => "backend_connect",
+            ProxyError::BackendIo(_) => "backend_io",
+            ProxyError::BackendProtocol(_) => "backend_protocol",
+            ProxyError::BackendErr(_) => "backend_rejected",
+            ProxyError::BackendIncompatible(_) => "backend_incompatible",
+            ProxyError::ChangeUserRefused(_) => "change_user_refused",
+            ProxyError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The ERR packet the client gets, or `None` when the client cannot be written to (its
+    /// socket failed, or it never spoke the protocol far enough to read an error).
+    pub fn to_err_packet(&self) -> Option<ErrPacket> {
+        let (code, state, message): (u16, &str, String) = match self {
+            ProxyError::ClientIo(_) | ProxyError::Tls(_) | ProxyError::HandshakeTimeout => {
+                return None;
+            }
+            ProxyError::ClientProtocol(e) => (
+                1043,
+                "08S01",
+                format!("doze: bad handshake: {e}"),
+            ),
+            ProxyError::TlsRequired => (
+                3159,
+                "HY000",
+                "doze: connections must use TLS; enable SSL in your client (e.g. --ssl, sslMode=REQUIRED)"
+                    .to_owned(),
+            ),
+            ProxyError::ClientTooOld => (
+                1251,
+                "08004",
+                "doze: client does not support protocol 4.1; upgrade your MySQL/MariaDB client".to_owned(),
+            ),
+            ProxyError::NoProject => (
+                1045,
+                "28000",
+                NO_PROJECT_MESSAGE.to_owned(),
+            ),
+            ProxyError::UnknownProject(p) => (
+                1049,
+                "42000",
+                format!("doze: unknown project '{p}'; check the project name or id (doze project list)"),
+            ),
+            ProxyError::ControlUnavailable(_) => (
+                1105,
+                "HY000",
+                "doze: the control plane is unavailable; try again shortly".to_owned(),
+            ),
+            ProxyError::AccessDenied { user } => (
+                1045,
+                "28000",
+                format!("Access denied for user '{user}' (using password: YES)"),
+            ),
+            ProxyError::TooManyConnections(scope) => (
+                1040,
+                "08004",
+                format!("doze: too many connections{scope}"),
+            ),
+            ProxyError::Wake(e) => (1105, "HY000", format!("doze: {e}")),
+            ProxyError::WakeTimeout(secs) => (
+                1105,
+                "HY000",
+                format!("doze: the compute did not become ready within {secs}s; try again"),
+            ),
+            ProxyError::BackendConnect(_) | ProxyError::BackendIo(_) => (
+                2013,
+                "HY000",
+                "doze: lost connection to the project's compute; try again".to_owned(),
+            ),
+            ProxyError::BackendProtocol(_) => (
+                1105,
+                "HY000",
+                "doze: the project's compute sent an unexpected reply".to_owned(),
+            ),
+            ProxyError::BackendErr(err) => return Some(err.clone()),
+            ProxyError::BackendIncompatible(m) => (
+                1105,
+                "HY000",
+                format!("doze: the project's compute cannot serve this client: {m}"),
+            ),
+            ProxyError::ChangeUserRefused(m) => (1045, "28000", format!("doze: COM_CHANGE_USER refused: {m}")),
+            ProxyError::ShuttingDown => (1053, "08S01", "doze: server shutdown in progress".to_owned()),
+        };
+        Some(ErrPacket::new(code, state, message))
+    }
+
+    /// Whether the failure is the client's (bad input) rather than ours or the backend's; used
+    /// for the log level.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ClientIo(_)
+                | ProxyError::ClientProtocol(_)
+                | ProxyError::HandshakeTimeout
+                | ProxyError::Tls(_)
+                | ProxyError::TlsRequired
+                | ProxyError::ClientTooOld
+                | ProxyError::NoProject
+                | ProxyError::UnknownProject(_)
+                | ProxyError::AccessDenied { .. }
+                | ProxyError::ChangeUserRefused(_)
+        )
+    }
+}
+
+/// Told to a client that named no project: the three ways to name one.
+pub const NO_PROJECT_MESSAGE: &str = "doze: no project in the connection. Name one as the user \
+     '<project>.<user>', as the database '<project>/<database>', or through TLS SNI \
+     '<project>.<sni suffix>' when the server has --sni-suffix set";
+
+impl From<LookupError> for ProxyError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::UnknownProject(p) => ProxyError::UnknownProject(p),
+            LookupError::Unavailable(m) => ProxyError::ControlUnavailable(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_denied_matches_mysql_wording() {
+        let err = ProxyError::AccessDenied { user: "app".into() }
+            .to_err_packet()
+            .expect("denied has a packet");
+        assert_eq!(err.code, 1045);
+        assert_eq!(err.sql_state, Some(*b"28000"));
+        assert!(err.message.starts_with("Access denied for user 'app'"));
+    }
+
+    #[test]
+    fn no_project_lists_three_forms() {
+        let err = ProxyError::NoProject.to_err_packet().expect("has packet");
+        for form in ["<project>.<user>", "<project>/<database>", "SNI"] {
+            assert!(
+                err.message.contains(form),
+                "{form} missing: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn io_failures_send_nothing() {
+        let io = std::io::Error::other("x");
+        assert!(ProxyError::ClientIo(io).to_err_packet().is_none());
+        assert!(ProxyError::HandshakeTimeout.to_err_packet().is_none());
+    }
+}

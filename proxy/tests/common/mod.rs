@@ -1,0 +1,156 @@
+//! Shared setup for the proxy's integration tests: a real mariadbd (testkit), doze's proxy in
+//! front of it on a free port, and real clients (mysql_async and the `mariadb` command line).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use doze_control::testkit::MariaDb;
+use doze_proxy::static_routes::StaticRoutes;
+use doze_proxy::{ProxyConfig, Shared, accept};
+use mysql_async::{Conn, OptsBuilder};
+use tokio::sync::oneshot;
+
+pub const PASSWORD: &str = "app-pw";
+
+/// A backend with user `app` (PASSWORD) and `other` ("other-pw"), database `testdb`.
+pub async fn backend() -> MariaDb {
+    backend_with(&[]).await
+}
+
+pub async fn backend_with(args: &[&str]) -> MariaDb {
+    let db = MariaDb::start_with(args).await.expect("start mariadbd");
+    db.create_user("app", PASSWORD).await.expect("user app");
+    db.create_user("other", "other-pw")
+        .await
+        .expect("user other");
+    use mysql_async::prelude::Queryable;
+    let mut root = db.root().await.expect("root");
+    root.query_drop("CREATE DATABASE testdb")
+        .await
+        .expect("create db");
+    root.disconnect().await.expect("disconnect");
+    db
+}
+
+/// The routes file of one project per (name, backend address).
+pub fn routes(projects: &[(&str, &str)]) -> String {
+    let app = doze_protocol::native_password::format_stored_hash(
+        &doze_protocol::native_password::stored_hash(PASSWORD.as_bytes()),
+    );
+    let other = doze_protocol::native_password::format_stored_hash(
+        &doze_protocol::native_password::stored_hash(b"other-pw"),
+    );
+    let mut out = String::new();
+    for (name, backend) in projects {
+        out.push_str(&format!(
+            "[[project]]\nname = \"{name}\"\nid = \"id-{name}\"\nbackend = \"{backend}\"\n\
+             [[project.role]]\nname = \"app\"\npassword_hash = \"{app}\"\n\
+             [[project.role]]\nname = \"other\"\npassword_hash = \"{other}\"\n"
+        ));
+    }
+    out
+}
+
+/// A running proxy; stops (and drains) when dropped or on `stop`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts the proxy with static routes and `cfg` (its listen address is replaced by a free port).
+    pub async fn start_static(routes_toml: &str, mut cfg: ProxyConfig) -> Proxy {
+        let routes = Arc::new(StaticRoutes::parse(routes_toml).expect("routes"));
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        Self::start(cfg, routes).await
+    }
+
+    pub async fn start<C: doze_proxy::Control + Clone>(cfg: ProxyConfig, control: C) -> Proxy {
+        let listener = accept::bind(&cfg).expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let shared = Arc::new(Shared { cfg, control });
+        let task = tokio::spawn(accept::serve(listener, shared, async move {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// mysql_async options for a client of the proxy (never switching to a unix socket).
+pub fn opts(addr: SocketAddr, user: &str, password: &str, db: Option<&str>) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(db)
+        .prefer_socket(false)
+}
+
+pub async fn connect(
+    addr: SocketAddr,
+    user: &str,
+    db: Option<&str>,
+) -> Result<Conn, mysql_async::Error> {
+    Conn::new(opts(addr, user, PASSWORD, db)).await
+}
+
+/// The server error code of a mysql_async error, if it is one.
+pub fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Runs the `mariadb` command-line client against `addr`.
+pub async fn mariadb_cli(addr: SocketAddr, user: &str, password: &str, extra: &[&str]) -> Output {
+    let bin = doze_control::mariadb::find_binary("mariadb").expect("mariadb client installed");
+    tokio::process::Command::new(bin)
+        .arg("--no-defaults")
+        .arg(format!("--host={}", addr.ip()))
+        .arg(format!("--port={}", addr.port()))
+        .arg("--protocol=TCP")
+        .arg(format!("--user={user}"))
+        .arg(format!("--password={password}"))
+        .args(["--batch", "--skip-column-names"])
+        .args(extra)
+        .output()
+        .await
+        .expect("run mariadb client")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
