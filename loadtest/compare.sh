@@ -6,6 +6,7 @@
 #   ROUNDS=3 DURATION=8s RELAY_CONNS="8 64" CHURN_WORKERS=8 SB_THREADS="8 64" SB_TIME=8
 #   COLD_RUNS=9 HERD=500 START_RUNS=9 IDLE=5000 IDLE_HOLD=10s
 #   RESULTS=<dir> (default target/loadtest-results/<timestamp>)
+#   PROJECTS=0 PROJECTS_DURATION=30s (PROJECTS>0 adds the multi-project scenario)
 #   SKIP_BUILD=1 SKIP_SYSBENCH=1 SKIP_IDLE=1 SKIP_INSTALL=1 KEEP_WORK=1
 set -uo pipefail
 
@@ -22,6 +23,8 @@ START_RUNS=${START_RUNS:-9}
 IDLE=${IDLE:-5000}
 IDLE_HOLD=${IDLE_HOLD:-10s}
 RESULTS=${RESULTS:-$ROOT/target/loadtest-results/$(date +%Y%m%d-%H%M%S)}
+# The scheduler's check interval: 30 s, or 1 s when the projects scenario needs suspends to happen.
+if [ "${PROJECTS:-0}" -gt 0 ]; then CHECK_INTERVAL=${CHECK_INTERVAL:-1s}; else CHECK_INTERVAL=${CHECK_INTERVAL:-30s}; fi
 PASSWORD=bench-password-1
 DB=sbtest
 
@@ -125,7 +128,7 @@ mkdir -p "$WORK/doze"
 log "starting doze: proxy 127.0.0.1:$PROXY_PORT, admin 127.0.0.1:$ADMIN_PORT"
 "$DOZE" serve --proxy-listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --db-dsn "sqlite://$WORK/doze/state.db" --data-dir "$WORK/doze" \
-  --idle-timeout 5m --check-interval 30s --wake-timeout 30s >"$WORK/doze.log" 2>&1 &
+  --idle-timeout 5m --check-interval "$CHECK_INTERVAL" --wake-timeout 30s >"$WORK/doze.log" 2>&1 &
 DOZE_PID=$!
 ADMIN="http://127.0.0.1:$ADMIN_PORT"
 for i in $(seq 1 150); do
@@ -167,9 +170,12 @@ log "compute $COMPUTE_ID is at $COMPUTE"
 
 # ---------------------------------------------------------------------------------------------
 # HAProxy: TCP mode, one thread (nbthread 1), large timeouts, in front of the same compute.
+# HAProxy needs about 2 descriptors per connection: keep maxconn within the open-files limit.
+HAPROXY_MAXCONN=$(( ($(ulimit -n) - 200) / 2 ))
+[ "$HAPROXY_MAXCONN" -gt 20000 ] && HAPROXY_MAXCONN=20000
 cat >"$WORK/haproxy.cfg" <<EOF
 global
-    maxconn 20000
+    maxconn $HAPROXY_MAXCONN
     nbthread 1
 defaults
     mode tcp
@@ -178,7 +184,7 @@ defaults
     timeout server 1h
 listen mysql
     bind 127.0.0.1:$HAPROXY_PORT
-    maxconn 20000
+    maxconn $HAPROXY_MAXCONN
     server compute $COMPUTE
 EOF
 haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
@@ -238,16 +244,18 @@ if [ "${SKIP_SYSBENCH:-0}" != 1 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# herds: baseline straight to the running compute, then through doze onto a suspended compute
+# herds: N clients at once on the running compute (direct, HAProxy, doze), then cold ones below
 step "herd $HERD direct" lt direct "herd-$HERD-direct" --label "herd-$HERD" herd --clients "$HERD"
 step "herd $HERD haproxy" lt haproxy "herd-$HERD-haproxy" --label "herd-$HERD" herd --clients "$HERD"
+step "herd $HERD doze (running compute)" lt doze "herd-$HERD-doze" --label "herd-$HERD" \
+  --admin "$ADMIN" --project bench herd --clients "$HERD" --no-suspend
 
 # Bare mariadbd start -> greeting (baseline for cold start), then doze cold starts.
 step "mariadbd-start" "$LT" --via direct --label start --json "$RESULTS/start-mariadbd.json" \
   --plot "$RESULTS/start-mariadbd.png" mariadbd-start --runs "$START_RUNS"
 step "cold-start" lt doze "start-cold-doze" --label start --admin "$ADMIN" --project bench \
   cold-start --runs "$COLD_RUNS"
-step "herd $HERD doze (suspended first)" lt doze "herd-$HERD-doze" --label "herd-$HERD" \
+step "herd $HERD doze (suspended first)" lt doze "herd-$HERD-cold-doze" --label "herd-$HERD-cold" \
   --admin "$ADMIN" --project bench herd --clients "$HERD"
 # The compute may have moved (suspend/resume); HAProxy's address is now stale: stop it.
 kill "$HAPROXY_PID" 2>/dev/null; wait "$HAPROXY_PID" 2>/dev/null; HAPROXY_PID=""
@@ -261,6 +269,13 @@ elif [ "$IDLE_OK" = 1 ]; then
     idle --connections "$IDLE" --hold "$IDLE_HOLD"
 else
   log "idle: SKIPPED: the compute's max_connections could not be raised, and doze opens one backend connection per client"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# optional: many projects with Zipf traffic (PROJECTS=0 skips; each project is a mariadbd)
+if [ "${PROJECTS:-0}" -gt 0 ]; then
+  step "projects $PROJECTS" lt doze "projects-$PROJECTS-doze" --label "projects-$PROJECTS" --admin "$ADMIN" \
+    projects --projects "$PROJECTS" --duration "${PROJECTS_DURATION:-30s}"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -166,7 +166,9 @@ impl ControlPlane {
                 data_dir.clone(),
                 cfg.max_allowed_packet.clone(),
                 cfg.stop_timeout,
-                cfg.wake_timeout,
+                // A start outlives a wake that gave up on it (the next wake finds it running),
+                // so its own readiness bound is generous.
+                cfg.wake_timeout.max(Duration::from_secs(30)),
             )),
         };
         let cfg = ControlConfig { data_dir, ..cfg };

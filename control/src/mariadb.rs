@@ -96,8 +96,12 @@ fn user_args() -> Vec<String> {
 pub async fn install_db(datadir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(datadir)?;
     hand_to_mysql_user(datadir)?;
+    // A private temp dir: the bootstrap server's temporary tables must not live in a /tmp
+    // that other programs clean up or share.
+    let tmp = private_tmpdir(datadir)?;
     let install = find_binary("mariadb-install-db")?;
     let output = Command::new(&install)
+        .env("TMPDIR", &tmp)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", datadir.display()))
         .arg("--auth-root-authentication-method=normal")
@@ -118,6 +122,16 @@ pub async fn install_db(datadir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `<datadir>/../tmp`, created (and handed to the `mysql` user when root): the temp dir of a
+/// server on `datadir`, outside the datadir so it never shows up as a database.
+pub fn private_tmpdir(datadir: &Path) -> anyhow::Result<PathBuf> {
+    let base = datadir.parent().unwrap_or(datadir);
+    let tmp = base.join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    hand_to_mysql_user(&tmp)?;
+    Ok(tmp)
 }
 
 /// How to start one mariadbd.
@@ -179,7 +193,11 @@ impl ServerSpec {
     /// before doze has stopped it cleanly).
     pub fn spawn(&self) -> anyhow::Result<Child> {
         let mariadbd = find_binary("mariadbd")?;
-        let child = Command::new(&mariadbd)
+        let mut cmd = Command::new(&mariadbd);
+        if let Ok(tmp) = private_tmpdir(&self.datadir) {
+            cmd.env("TMPDIR", tmp);
+        }
+        let child = cmd
             .args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

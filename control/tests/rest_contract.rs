@@ -540,6 +540,10 @@ async fn openapi_document_covers_every_route() {
     let (status, doc) = call(&r, "GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    // Oversized bodies are refused in the JSON error format too.
+    let huge = format!(r#"{{"name": "{}"}}"#, "a".repeat(3 << 20));
+    let resp = call(&r, "POST", "/api/v1/projects", Some(&huge), None).await;
+    assert_error(&resp, StatusCode::PAYLOAD_TOO_LARGE, "invalid_body");
     let paths = doc["paths"].as_object().expect("paths");
     for (path, methods) in [
         ("/api/v1/projects", &["get", "post"][..]),

@@ -68,6 +68,16 @@ async fn herd_of_200_wakes_starts_the_compute_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_rows_survive_suspend_resume_cycles() {
     let env = sqlite_env(|_| {}).await;
+    suspend_resume_cycles(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_rows_survive_suspend_resume_cycles_on_postgres() {
+    let env = postgres_env(|_| {}).await;
+    suspend_resume_cycles(&env).await;
+}
+
+async fn suspend_resume_cycles(env: &Env) {
     let plane = &env.plane;
     let (pid, cid) = env.project_with_compute("cycles", "app", "cycle-pw").await;
     let mut previous_address = None;
@@ -144,34 +154,49 @@ async fn a_wake_racing_a_suspend_waits_and_gets_a_working_compute() {
     let env = sqlite_env(|_| {}).await;
     let plane = &env.plane;
     let (pid, cid) = env.project_with_compute("race", "app", "race-pw").await;
-    for delay_ms in [0u64, 1, 5, 15] {
+    let mut waited_for_suspend = 0;
+    let mut suspend_refused = 0;
+    for delay_ms in [0u64, 1, 2, 4, 6, 8, 10, 15, 20, 30] {
         plane.wake(&pid).await.expect("wake");
+        let starts_before = starts(plane);
         let suspender = {
             let plane = Arc::clone(plane);
             let cid = cid.clone();
             tokio::spawn(async move { plane.suspend_compute(&cid).await })
         };
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        // As the proxy does: count the session, then wake.
+        let guard = env.activity.project(&pid).open_session();
         let info = plane
             .wake(&pid)
             .await
             .expect("a wake during a suspend never fails");
-        suspender.await.expect("join").expect("suspend ok");
-        // Whatever the interleaving, the address we got must serve queries now, unless the
-        // suspend came after our wake (then the state says suspended and a new wake starts it).
-        let c = plane.compute(&cid).await.expect("compute");
-        let addr = if c.state == ComputeState::Running {
-            info.address
-        } else {
-            plane.wake(&pid).await.expect("wake again").address
-        };
+        // The address we were handed serves queries while our session is open.
         assert_eq!(
-            select_one(&addr, "app", "race-pw").await,
+            select_one(&info.address, "app", "race-pw").await,
             1,
             "delay {delay_ms}"
         );
+        match suspender.await.expect("join") {
+            Ok(_) => {
+                // The suspend ran first; our wake waited for it and resumed the compute.
+                assert_eq!(info.cold_start, ColdStart::Resumed, "delay {delay_ms}");
+                assert_eq!(starts(plane), starts_before + 1);
+                waited_for_suspend += 1;
+            }
+            Err(doze_control::ControlError::SessionsOpen { .. }) => suspend_refused += 1,
+            Err(e) => panic!("unexpected suspend error: {e}"),
+        }
+        let c = plane.compute(&cid).await.expect("compute");
+        assert_eq!(c.state, ComputeState::Running);
+        assert_eq!(c.address.as_deref(), Some(info.address.as_str()));
         assert_eq!(mariadbd_on(&datadir_of(plane, &pid)), 1);
+        drop(guard);
     }
+    assert!(
+        waited_for_suspend >= 1,
+        "no iteration hit a running suspend (refused {suspend_refused})"
+    );
     plane.shutdown().await;
 }
 
@@ -275,7 +300,26 @@ async fn a_restarted_doze_adopts_running_computes_and_never_starts_twice() {
         .prefix("doze-ctl-")
         .tempdir()
         .expect("tempdir");
-    let cfg = config(&dir);
+    restart_scenario(config(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_doze_adopts_running_computes_on_postgres() {
+    let pg = doze_control::testkit::Postgres::start()
+        .await
+        .expect("postgres");
+    let dir = tempfile::Builder::new()
+        .prefix("doze-ctl-")
+        .tempdir()
+        .expect("tempdir");
+    let cfg = doze_control::ControlConfig {
+        db_dsn: pg.dsn(),
+        ..config(&dir)
+    };
+    restart_scenario(cfg).await;
+}
+
+async fn restart_scenario(cfg: doze_control::ControlConfig) {
     let a = ControlPlane::start(cfg.clone(), Activity::new())
         .await
         .expect("A");
@@ -390,5 +434,34 @@ async fn invalidate_after_a_crash_restarts_the_compute() {
     assert_eq!(info.cold_start, ColdStart::Resumed);
     assert_eq!(select_one(&info.address, "app", "crash-pw").await, 1);
     assert_eq!(starts(plane), 2);
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_is_bounded_by_wake_timeout_and_the_start_still_completes() {
+    let env = sqlite_env(|c| c.wake_timeout = Duration::from_millis(300)).await;
+    let plane = &env.plane;
+    let (pid, cid) = env.project_with_compute("slow", "app", "slow-pw").await;
+    // The first start initialises storage (about a second): longer than the wake timeout.
+    let t0 = std::time::Instant::now();
+    let err = plane.wake(&pid).await.expect_err("times out");
+    assert!(matches!(err, WakeError::Timeout { .. }), "{err:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "bounded: {:?}",
+        t0.elapsed()
+    );
+    // The start was not abandoned: it finishes and the next wake gets it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while plane.compute(&cid).await.expect("c").state != ComputeState::Running {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "start never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info = plane.wake(&pid).await.expect("wake");
+    assert_eq!(select_one(&info.address, "app", "slow-pw").await, 1);
+    assert_eq!(starts(plane), 1);
     plane.shutdown().await;
 }

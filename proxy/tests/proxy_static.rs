@@ -453,3 +453,39 @@ async fn shutdown_drains_open_sessions() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_header_gives_mariadb_the_client_address() {
+    let db = backend().await;
+    let mut root = db.root().await.unwrap();
+    root.query_drop("SET GLOBAL proxy_protocol_networks = '127.0.0.1/32'")
+        .await
+        .unwrap();
+    let cfg = ProxyConfig {
+        backend_proxy_protocol: true,
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), cfg).await;
+    // The client connects from 127.0.0.2; doze connects to MariaDB from 127.0.0.1. MariaDB can
+    // only learn 127.0.0.2 from the PROXY header.
+    let script = format!(
+        r#"
+import pymysql
+c = pymysql.connect(host="127.0.0.1", port={port}, user="shop.app", password="{pw}", bind_address="127.0.0.2")
+with c.cursor() as cur:
+    cur.execute("SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()")
+    print(cur.fetchone()[0].split(":")[0])
+c.close()
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "127.0.0.2");
+}

@@ -203,20 +203,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
             &bytes
         };
-        serde_json::from_slice(body).map(JsonBody).map_err(|e| {
-            use serde_json::error::Category;
-            match e.classify() {
-                Category::Data => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request",
-                    format!("invalid request body: {e}"),
-                ),
-                _ => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("the body is not valid JSON: {e}"),
-                ),
-            }
+        // Syntax first (400), then shape (422): `[[` is broken JSON, not a wrong type.
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })?;
+        serde_json::from_value(value).map(JsonBody).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("invalid request body: {e}"),
+            )
         })
     }
 }

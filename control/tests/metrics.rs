@@ -1,0 +1,50 @@
+//! Metric names as the binary's Prometheus recorder sees them (own test binary: it installs
+//! the global recorder).
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_emitted_with_the_documented_names_and_buckets() {
+    let mut builder = PrometheusBuilder::new();
+    for (matcher, buckets) in doze_control::metrics::histogram_buckets() {
+        builder = builder
+            .set_buckets_for_metric(matcher, &buckets)
+            .expect("buckets");
+    }
+    let handle = builder.install_recorder().expect("install recorder");
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (pid, cid) = env.project_with_compute("measured", "app", "m-pw").await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let plane = std::sync::Arc::clone(plane);
+        let pid = pid.clone();
+        tasks.push(tokio::spawn(async move { plane.wake(&pid).await }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("wake");
+    }
+    plane.wake(&pid).await.expect("warm wake");
+    plane.suspend_compute(&cid).await.expect("suspend");
+    let router = plane.admin_router(Some(handle));
+    let (status, body) = call(&router, "GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().expect("text").to_owned();
+    for needle in [
+        "doze_wake_duration_seconds_bucket{outcome=\"resumed\",le=\"0.001\"}",
+        "doze_wake_duration_seconds_bucket{outcome=\"warm\",le=\"30\"}",
+        "doze_compute_starts_total 1",
+        "doze_compute_start_duration_seconds_bucket{le=\"0.001\"}",
+        "doze_wakes_coalesced_total",
+        "doze_computes{state=\"suspended\"} 1",
+        "doze_computes{state=\"running\"} 0",
+        "doze_suspends_total{reason=\"api\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    plane.shutdown().await;
+}

@@ -1,0 +1,187 @@
+//! TLS (rustls on SSLRequest), SNI routing, --require-tls, and clients that start with
+//! caching_sha2_password — against a real mariadbd with real clients.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use doze_proxy::ProxyConfig;
+use mysql_async::SslOpts;
+use mysql_async::prelude::*;
+
+/// A self-signed certificate for `*.db.doze.test` written into `dir`; returns the TLS config.
+fn tls_config(dir: &Path) -> std::sync::Arc<rustls::ServerConfig> {
+    let certified = rcgen::generate_simple_self_signed(vec![
+        "*.db.doze.test".to_owned(),
+        "localhost".to_owned(),
+    ])
+    .unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    doze_proxy::tls::server_config(&cert, &key).unwrap()
+}
+
+fn insecure_tls() -> SslOpts {
+    SslOpts::default().with_danger_accept_invalid_certs(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_sni_routing_and_require_tls() {
+    let db = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ProxyConfig {
+        tls: Some(tls_config(dir.path())),
+        require_tls: true,
+        sni_suffix: Some("db.doze.test".to_owned()),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), cfg).await;
+
+    // TLS, routed by user name.
+    let o = opts(proxy.addr, "shop.app", PASSWORD, Some("testdb")).ssl_opts(insecure_tls());
+    let mut conn = mysql_async::Conn::new(o).await.unwrap();
+    let who: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(who.as_deref(), Some("app@%"));
+    // A 5 MiB round trip through TLS.
+    let big = "x".repeat(5 * 1024 * 1024);
+    let len: Option<i64> = conn.exec_first("SELECT LENGTH(?)", (big,)).await.unwrap();
+    assert_eq!(len, Some(5 * 1024 * 1024));
+    conn.disconnect().await.unwrap();
+
+    // TLS, routed by SNI only: the user name carries no project.
+    let sni = insecure_tls().with_danger_tls_hostname_override(Some("shop.db.doze.test"));
+    let o = opts(proxy.addr, "app", PASSWORD, Some("testdb")).ssl_opts(sni);
+    let mut conn = mysql_async::Conn::new(o).await.unwrap();
+    let dbname: Option<String> = conn.query_first("SELECT DATABASE()").await.unwrap();
+    assert_eq!(dbname.as_deref(), Some("testdb"));
+    conn.disconnect().await.unwrap();
+
+    // The mariadb command-line client over TLS.
+    let out = mariadb_cli(
+        proxy.addr,
+        "shop.app",
+        PASSWORD,
+        &[
+            "--ssl",
+            "--skip-ssl-verify-server-cert",
+            "-e",
+            "SELECT 'tls ok'",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "tls ok");
+
+    // A plain client is refused with an error that says what to do.
+    let err = connect(proxy.addr, "shop.app", None).await.unwrap_err();
+    assert_eq!(server_code(&err), Some(3159), "{err}");
+    assert!(err.to_string().contains("must use TLS"), "{err}");
+    let out = mariadb_cli(
+        proxy.addr,
+        "shop.app",
+        PASSWORD,
+        &["--skip-ssl", "-e", "SELECT 1"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("must use TLS"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_optional_without_require_tls() {
+    let db = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ProxyConfig {
+        tls: Some(tls_config(dir.path())),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), cfg).await;
+    let mut plain = connect(proxy.addr, "shop.app", None).await.unwrap();
+    let mut tls = mysql_async::Conn::new(
+        opts(proxy.addr, "shop.app", PASSWORD, None).ssl_opts(insecure_tls()),
+    )
+    .await
+    .unwrap();
+    let a: Option<i64> = plain.query_first("SELECT 1").await.unwrap();
+    let b: Option<i64> = tls.query_first("SELECT 2").await.unwrap();
+    assert_eq!((a, b), (Some(1), Some(2)));
+}
+
+/// mysql-connector-python (pure Python) told to start with caching_sha2_password, as MySQL 8
+/// connectors do: doze switches it to mysql_native_password and it logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_sha2_client_is_switched_to_native_password() {
+    let db = backend().await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let script = format!(
+        r#"
+import mysql.connector
+def run(password):
+    c = mysql.connector.connect(host="127.0.0.1", port={port}, user="shop.app", password=password,
+                                auth_plugin="caching_sha2_password", use_pure=True, ssl_disabled=True)
+    cur = c.cursor()
+    cur.execute("SELECT CURRENT_USER()")
+    row = cur.fetchone()
+    c.close()
+    return row[0]
+print(run("{pw}"))
+try:
+    run("wrong")
+    print("wrong password accepted")
+except mysql.connector.Error as e:
+    print("refused", e.errno)
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed (is mysql-connector-python installed? .ci/run installs it): {}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "app@%\nrefused 1045");
+}
+
+/// PyMySQL: a third independent client, following the greeting's plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymysql_client() {
+    let db = backend().await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let script = format!(
+        r#"
+import pymysql
+c = pymysql.connect(host="127.0.0.1", port={port}, user="shop.app", password="{pw}", database="testdb")
+with c.cursor() as cur:
+    cur.execute("CREATE TABLE p (id INT PRIMARY KEY, s TEXT)")
+    cur.executemany("INSERT INTO p VALUES (%s, %s)", [(i, "row%d" % i) for i in range(100)])
+    c.commit()
+    cur.execute("SELECT COUNT(*), MAX(s) FROM p")
+    print(*cur.fetchone())
+c.close()
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed (is PyMySQL installed?): {}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "100 row99");
+}
