@@ -110,10 +110,14 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 ulimit -n 65536 2>/dev/null || true
 log "open files limit: $(ulimit -n)"
 
+# A port below the ephemeral range (so client sockets in TIME_WAIT cannot hold it) that nothing
+# listens on.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
-  local p
+  local p span=$((EPHEMERAL_LOW - 10000))
+  [ "$span" -gt 100 ] || span=20000
   for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % span))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
   done
   return 1

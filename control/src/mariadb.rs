@@ -134,6 +134,9 @@ pub fn private_tmpdir(datadir: &Path) -> anyhow::Result<PathBuf> {
     Ok(tmp)
 }
 
+/// Client connections a compute accepts unless its config says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+
 /// How to start one mariadbd.
 #[derive(Clone, Debug)]
 pub struct ServerSpec {
@@ -183,6 +186,9 @@ impl ServerSpec {
             "--performance-schema=OFF".to_owned(),
             format!("--innodb-buffer-pool-size={}", self.buffer_pool),
             format!("--max-allowed-packet={}", self.max_allowed_packet),
+            // doze holds one compute connection per client session, so the compute's limit is
+            // the project's session limit; MariaDB's default of 151 is too low for a front door.
+            format!("--max-connections={DEFAULT_MAX_CONNECTIONS}"),
         ];
         args.extend(user_args());
         args.extend(self.extra_args.iter().cloned());

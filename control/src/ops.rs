@@ -112,6 +112,10 @@ impl ControlPlane {
         self.wake_cache.invalidate(&project.id);
         self.roles_changed();
         self.activity.remove(&project.id);
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&project.id);
         tracing::info!(project_id = %project.id, project = %project.name, "project deleted");
         Ok(project)
     }

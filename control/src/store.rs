@@ -194,13 +194,10 @@ impl Store {
             .await
             .with_context(|| format!("opening the state store {}", redact_dsn(dsn)))?;
         let store = Self { pool, sqlite };
-        if sqlite {
-            if !memory {
-                sqlx::query("PRAGMA journal_mode=WAL")
-                    .execute(&store.pool)
-                    .await?;
-            }
-            sqlx::query("PRAGMA busy_timeout=5000")
+        // WAL is a property of the file; the busy timeout (sqlx's default, 5 s) is set on every
+        // pooled connection by sqlx itself.
+        if sqlite && !memory {
+            sqlx::query("PRAGMA journal_mode=WAL")
                 .execute(&store.pool)
                 .await?;
         }

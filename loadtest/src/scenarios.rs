@@ -802,7 +802,13 @@ async fn run_projects(
 ) -> Result<()> {
     let mut optss = Vec::new();
     for n in names {
-        optss.push(opts(c, &c.target, &format!("{n}.{role}"), password)?);
+        // New projects have no schema of their own: connect without a default database.
+        let o = opts(c, &c.target, &format!("{n}.{role}"), password)?;
+        optss.push(
+            mysql_async::OptsBuilder::from_opts(o)
+                .db_name(None::<String>)
+                .into(),
+        );
     }
     let optss = Arc::new(optss);
     let zipf = Arc::new(Zipf::new(names.len(), a.zipf_s));

@@ -363,8 +363,14 @@ impl ComputeDriver for LocalDriver {
         let mut map = self.instances();
         match map.get_mut(project_id) {
             Some(Instance {
-                child: Some(child), ..
-            }) => matches!(child.try_wait(), Ok(None)),
+                child: Some(child),
+                pid,
+                ..
+            }) => {
+                // A killed server's leader turns zombie while its other threads (io_uring
+                // workers) still wind down; waitpid reports it only after that. It is dead.
+                matches!(child.try_wait(), Ok(None)) && pid_alive(*pid)
+            }
             Some(Instance {
                 child: None, pid, ..
             }) => pid_alive(*pid),

@@ -34,8 +34,9 @@ impl Handshake {
     /// Decodes a greeting payload. A server that refuses the connection sends an ERR packet
     /// (`0xFF`) instead: check for that first; here it is `Malformed`.
     ///
-    /// Part 2 of the scramble is taken up to its NUL (or the whole field if it has none), so
-    /// scrambles must not contain NUL past byte 8; real servers never generate one.
+    /// Part 2 of the scramble is taken up to its NUL (or all but the field's last byte if it
+    /// has none), so scrambles must not contain NUL past byte 8; real servers never generate
+    /// one. The auth-data length byte is honoured only with `PLUGIN_AUTH`.
     pub fn decode(payload: &[u8]) -> Result<Self> {
         let mut r = Reader::new(payload);
         let protocol_version = r.u8("protocol version")?; // int<1>
@@ -65,8 +66,16 @@ impl Handshake {
         let capabilities = Capabilities::from_parts(low, ext);
 
         if capabilities.contains(Capabilities::SECURE_CONNECTION) {
-            // string[$len]: max(13, auth_data_len - 8) bytes, normally 12 bytes + NUL.
-            let len = usize::from(auth_data_len).saturating_sub(8).max(13);
+            // string[$len]: max(13, auth_data_len - 8) bytes, normally 12 bytes + NUL. The
+            // length byte only means something with PLUGIN_AUTH (otherwise the protocol
+            // defines it as 0x00 and libmysql ignores it), so without PLUGIN_AUTH part 2 is
+            // always 13 bytes, exactly what `encode` writes.
+            let auth_data_len = if capabilities.contains(Capabilities::PLUGIN_AUTH) {
+                usize::from(auth_data_len)
+            } else {
+                0
+            };
+            let len = auth_data_len.saturating_sub(8).max(13);
             let part2 = r.bytes(len, "auth-plugin-data-part-2")?;
             // Up to the first NUL; without one, the last byte stands where the NUL belongs.
             let end = part2
@@ -198,6 +207,38 @@ pub(crate) mod tests {
                 assert_eq!(h.scramble.len(), 20);
             }
         }
+    }
+
+    fn assert_round_trips(hex_payload: &str) -> Handshake {
+        let payload = hex::decode(hex_payload).unwrap();
+        let h = Handshake::decode(&payload).unwrap();
+        let mut out = BytesMut::new();
+        h.encode(&mut out);
+        assert_eq!(Handshake::decode(&out).unwrap(), h);
+        h
+    }
+
+    /// Fuzz finding: no PLUGIN_AUTH but an auth-data length of 0x28; decode read 32 bytes of
+    /// part 2 (21-byte scramble) while encode writes length 0 and 13 bytes (20-byte scramble).
+    #[test]
+    fn fuzz_no_plugin_auth_ignores_auth_data_len() {
+        let h = assert_round_trips(concat!(
+            "0a22000a0000ffffff3b073fd7d7d7d700ff00ff0000002b0000ffffffffffffffffffffffffffffff",
+            "ffffffffff280004ff00000000ff003dffff1a68686868689292929292929292686868"
+        ));
+        assert_eq!(h.scramble.len(), 20);
+    }
+
+    /// Fuzz finding: CLIENT_MYSQL, no PLUGIN_AUTH, auth-data length 0x22..: part 2 read past
+    /// the 13 bytes that re-encoding produces.
+    #[test]
+    fn fuzz_no_plugin_auth_long_part2() {
+        let h = assert_round_trips(concat!(
+            "0a000000000a7e00ffffff0afc00ffffff0a000a00001f000000000000000a0000ffff01c4f8ffffff",
+            "ffffffffff22222222222222222222222222222222222222222222222222222222222222222222",
+            "222222fffffffffffffffffd00"
+        ));
+        assert_eq!(h.scramble.len(), 20);
     }
 
     #[test]

@@ -1,0 +1,288 @@
+//! The whole product: clients through the proxy, the embedded control plane waking and
+//! suspending real mariadbd computes, state in SQLite.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use doze_control::activity::Activity;
+use doze_control::store::ComputeState;
+use doze_control::{ControlConfig, ControlPlane};
+use doze_proxy::ProxyConfig;
+use mysql_async::prelude::*;
+
+struct Env {
+    plane: Arc<ControlPlane>,
+    proxy: Proxy,
+    _dir: tempfile::TempDir,
+}
+
+async fn env(tweak: impl FnOnce(&mut ControlConfig)) -> Env {
+    let dir = tempfile::Builder::new()
+        .prefix("doze-life-")
+        .tempdir()
+        .unwrap();
+    let mut cfg = ControlConfig {
+        db_dsn: format!("sqlite://{}/state.db", dir.path().display()),
+        data_dir: dir.path().join("data"),
+        idle_timeout: Duration::ZERO,
+        check_interval: Duration::from_secs(3600),
+        wake_timeout: Duration::from_secs(30),
+        ..ControlConfig::default()
+    };
+    tweak(&mut cfg);
+    let plane = ControlPlane::start(cfg, Activity::new()).await.unwrap();
+    let proxy_cfg = ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start(proxy_cfg, Arc::clone(&plane)).await;
+    Env {
+        plane,
+        proxy,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    /// Project `name` with a compute and role `app`; returns the compute id.
+    async fn project(&self, name: &str, config: serde_json::Value) -> String {
+        let p = self.plane.create_project(name, config).await.unwrap();
+        let c = self
+            .plane
+            .create_compute(&p.id, serde_json::json!({}))
+            .await
+            .unwrap();
+        self.plane
+            .create_role(&p.id, "app", PASSWORD)
+            .await
+            .unwrap();
+        c.id
+    }
+
+    fn starts(&self) -> u64 {
+        self.plane.stats().compute_starts.load(Ordering::SeqCst)
+    }
+
+    async fn state(&self, compute: &str) -> ComputeState {
+        self.plane.compute(compute).await.unwrap().state
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_suspend_resume_cycles_keep_every_committed_row() {
+    let env = env(|_| {}).await;
+    let compute = env.project("life", serde_json::json!({})).await;
+    let mut conn = connect(env.proxy.addr, "life.app", None).await.unwrap();
+    conn.query_drop("CREATE DATABASE shop").await.unwrap();
+    conn.query_drop("CREATE TABLE shop.kept (i INT PRIMARY KEY, note VARCHAR(40))")
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    for cycle in 0..20i64 {
+        let mut conn = connect(env.proxy.addr, "life.app", Some("shop"))
+            .await
+            .unwrap();
+        let count: Option<i64> = conn.query_first("SELECT COUNT(*) FROM kept").await.unwrap();
+        assert_eq!(count, Some(cycle), "rows lost before cycle {cycle}");
+        conn.exec_drop(
+            "INSERT INTO kept VALUES (?, ?)",
+            (cycle, format!("cycle {cycle}")),
+        )
+        .await
+        .unwrap();
+        conn.disconnect().await.unwrap();
+        let suspended = env.plane.suspend_compute(&compute).await.unwrap();
+        assert_eq!(suspended.state, ComputeState::Suspended);
+    }
+    let mut conn = connect(env.proxy.addr, "life.app", Some("shop"))
+        .await
+        .unwrap();
+    let (count, last): (i64, String) = conn
+        .query_first("SELECT COUNT(*), MAX(note) FROM kept")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((count, last.as_str()), (20, "cycle 9"));
+    assert_eq!(
+        env.starts(),
+        21,
+        "one start per cycle and one for the final check"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_at_a_suspended_project_cause_one_start() {
+    let env = env(|_| {}).await;
+    let compute = env.project("herd", serde_json::json!({})).await;
+    // Initialise storage and leave the compute suspended.
+    env.plane.resume_compute(&compute).await.unwrap();
+    env.plane.suspend_compute(&compute).await.unwrap();
+    let before = env.starts();
+    let addr = env.proxy.addr;
+    let barrier = Arc::new(tokio::sync::Barrier::new(200));
+    let mut tasks = Vec::new();
+    for i in 0..200i64 {
+        let barrier = Arc::clone(&barrier);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut conn = connect(addr, "herd.app", None).await?;
+            let v: Option<i64> = conn.query_first(format!("SELECT {i}")).await?;
+            conn.disconnect().await?;
+            Ok::<_, mysql_async::Error>(v)
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let v = t
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(v, Some(i as i64));
+    }
+    assert_eq!(
+        env.starts() - before,
+        1,
+        "exactly one compute start for the herd"
+    );
+    assert_eq!(env.state(&compute).await, ComputeState::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_or_unknown_role_wakes_nothing() {
+    let env = env(|_| {}).await;
+    let compute = env.project("quiet", serde_json::json!({})).await;
+    env.plane.resume_compute(&compute).await.unwrap();
+    env.plane.suspend_compute(&compute).await.unwrap();
+    let before = env.starts();
+    let err = mysql_async::Conn::new(opts(env.proxy.addr, "quiet.app", "wrong", None))
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&err), Some(1045), "{err}");
+    let err = mysql_async::Conn::new(opts(env.proxy.addr, "quiet.ghost", PASSWORD, None))
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&err), Some(1045), "{err}");
+    let err = connect(env.proxy.addr, "nosuch.app", None)
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&err), Some(1049), "{err}");
+    assert_eq!(env.starts(), before);
+    assert_eq!(env.state(&compute).await, ComputeState::Suspended);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_racing_a_suspend_is_served() {
+    let env = env(|_| {}).await;
+    let compute = env.project("race", serde_json::json!({})).await;
+    for round in 0..5 {
+        env.plane.resume_compute(&compute).await.unwrap();
+        let plane = Arc::clone(&env.plane);
+        let c = compute.clone();
+        let suspend = tokio::spawn(async move { plane.suspend_compute(&c).await });
+        // Connect while the suspend is under way (or just before it): never an error.
+        tokio::time::sleep(Duration::from_millis(5 * round)).await;
+        let mut conn = connect(env.proxy.addr, "race.app", None)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let v: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+        assert_eq!(v, Some(1));
+        // The suspend either finished before the client arrived or was refused because a
+        // session was open; either way the client's session is intact.
+        let _ = suspend.await.unwrap();
+        let v: Option<i64> = conn.query_first("SELECT 2").await.unwrap();
+        assert_eq!(v, Some(2));
+        conn.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_compute_is_suspended_but_never_under_an_open_session() {
+    let env = env(|cfg| {
+        cfg.check_interval = Duration::from_millis(200);
+    })
+    .await;
+    let scheduler = env.plane.spawn_scheduler();
+    let compute = env
+        .project("sleepy", serde_json::json!({"idle_timeout": 1}))
+        .await;
+    let mut conn = connect(env.proxy.addr, "sleepy.app", None).await.unwrap();
+    // An open (idle) session keeps it running well past the idle timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.state(&compute).await, ComputeState::Running);
+    let v: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(v, Some(1));
+    conn.disconnect().await.unwrap();
+    // Without sessions it is suspended within the idle timeout plus a check interval or two.
+    let mut suspended = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if env.state(&compute).await == ComputeState::Suspended {
+            suspended = true;
+            break;
+        }
+    }
+    assert!(suspended, "idle compute was not suspended");
+    // And the next client wakes it.
+    let mut conn = connect(env.proxy.addr, "sleepy.app", None).await.unwrap();
+    let v: Option<i64> = conn.query_first("SELECT 3").await.unwrap();
+    assert_eq!(v, Some(3));
+    scheduler.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_changes_apply_on_the_next_connection_running_or_suspended() {
+    let env = env(|_| {}).await;
+    let compute = env.project("roles", serde_json::json!({})).await;
+    let first = connect(env.proxy.addr, "roles.app", None).await.unwrap();
+    // Created while running.
+    env.plane
+        .create_role("roles", "late", "late-pw")
+        .await
+        .unwrap();
+    let mut late = mysql_async::Conn::new(opts(env.proxy.addr, "roles.late", "late-pw", None))
+        .await
+        .unwrap();
+    let who: Option<String> = late.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(who.as_deref(), Some("late@%"));
+    late.disconnect().await.unwrap();
+    first.disconnect().await.unwrap();
+    // Created while suspended.
+    env.plane.suspend_compute(&compute).await.unwrap();
+    env.plane
+        .create_role("roles", "sleeper", "sleep-pw")
+        .await
+        .unwrap();
+    env.plane.delete_role("roles", "late").await.unwrap();
+    let mut sleeper =
+        mysql_async::Conn::new(opts(env.proxy.addr, "roles.sleeper", "sleep-pw", None))
+            .await
+            .unwrap();
+    let who: Option<String> = sleeper.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert_eq!(who.as_deref(), Some("sleeper@%"));
+    let err = mysql_async::Conn::new(opts(env.proxy.addr, "roles.late", "late-pw", None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        server_code(&err),
+        Some(1045),
+        "deleted role must be refused: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_without_compute_gets_a_clear_error() {
+    let env = env(|_| {}).await;
+    let p = env
+        .plane
+        .create_project("bare", serde_json::json!({}))
+        .await
+        .unwrap();
+    env.plane.create_role(&p.id, "app", PASSWORD).await.unwrap();
+    let err = connect(env.proxy.addr, "bare.app", None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("has no compute"), "{text}");
+}
