@@ -121,6 +121,42 @@ pub async fn install_db(datadir: &Path) -> anyhow::Result<()> {
             tail(&format!("{stdout}\n{stderr}"), 20)
         );
     }
+    restrict_root_to_socket(datadir, &tmp).await
+}
+
+/// mariadb-install-db also creates password-less `root@127.0.0.1`, `root@::1` and
+/// `root@<hostname>`: anyone on this machine could log in over TCP. Keep only `root@localhost`
+/// (the unix socket), in a short bootstrap run before the server ever listens.
+async fn restrict_root_to_socket(datadir: &Path, tmp: &Path) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mariadbd = find_binary("mariadbd")?;
+    let mut child = Command::new(&mariadbd)
+        .env("TMPDIR", tmp)
+        .arg("--no-defaults")
+        .arg("--bootstrap")
+        .arg(format!("--datadir={}", datadir.display()))
+        .arg("--skip-networking")
+        .args(user_args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} --bootstrap", mariadbd.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(
+                b"DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost';\n",
+            )
+            .await?;
+    }
+    let output = child.wait_with_output().await?;
+    if !output.status.success() {
+        bail!(
+            "restricting root to the unix socket failed ({}): {}",
+            output.status,
+            tail(&String::from_utf8_lossy(&output.stderr), 20)
+        );
+    }
     Ok(())
 }
 

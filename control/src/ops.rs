@@ -32,16 +32,21 @@ pub fn validate_project_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Ten years: longer idle timeouts are a typo.
+const MAX_IDLE_TIMEOUT_SECS: f64 = 315_360_000.0;
+
 fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
     let Some(obj) = config.as_object() else {
         return Err("config must be a JSON object".into());
     };
     if let Some(t) = obj.get("idle_timeout")
         && !t.is_null()
-        && t.as_f64().is_none_or(|v| v < 0.0 || !v.is_finite())
+        && t.as_f64()
+            .is_none_or(|v| !(0.0..=MAX_IDLE_TIMEOUT_SECS).contains(&v))
     {
         return Err(
-            "config.idle_timeout must be a number of seconds >= 0 (0 = never suspend)".into(),
+            "config.idle_timeout must be a number of seconds from 0 to 315360000 (0 = never suspend)"
+                .into(),
         );
     }
     Ok(())

@@ -31,6 +31,9 @@ pub fn validate_role_name(name: &str) -> Result<(), String> {
     {
         return Err("role name must not contain quotes, backslashes or control characters".into());
     }
+    if name.trim() != name {
+        return Err("role name must not start or end with whitespace".into());
+    }
     if RESERVED_ROLE_NAMES
         .iter()
         .any(|r| r.eq_ignore_ascii_case(name))
@@ -118,6 +121,8 @@ mod tests {
         }
         assert!(validate_role_name(&"x".repeat(81)).is_err());
         assert!(validate_role_name(&"x".repeat(80)).is_ok());
+        assert!(validate_role_name(" app").is_err());
+        assert!(validate_role_name("app ").is_err());
         assert!(validate_password("").is_err());
     }
 }

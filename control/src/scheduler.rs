@@ -33,7 +33,7 @@ impl ControlPlane {
     /// The idle timeout of a project: its `config.idle_timeout` (seconds) or the default.
     fn idle_timeout_of(&self, config: &serde_json::Value) -> Duration {
         match config.get("idle_timeout").and_then(|v| v.as_f64()) {
-            Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+            Some(secs) if secs >= 0.0 => Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX),
             _ => self.cfg.idle_timeout,
         }
     }
@@ -68,7 +68,8 @@ impl ControlPlane {
                 .map(|a| a.last_active_ms())
                 .unwrap_or(0)
                 .max(u64::try_from(c.updated_at).unwrap_or(0));
-            if now.saturating_sub(last_active) < idle.as_millis() as u64 {
+            let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            if now.saturating_sub(last_active) < idle_ms {
                 continue;
             }
             match self.suspend_project(&c.project_id, "idle", true).await {

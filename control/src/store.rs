@@ -19,16 +19,17 @@ use crate::activity::now_ms;
 
 /// The embedded migrations: `(version, statements)`, applied in order, each version once.
 /// Only portable SQL: `TEXT`, `BIGINT`, primary keys, unique constraints and indexes.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE projects (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE projects (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             config TEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE TABLE computes (
+            "CREATE TABLE computes (
             id TEXT PRIMARY KEY,
             project_id TEXT NOT NULL UNIQUE,
             state TEXT NOT NULL,
@@ -40,14 +41,14 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             last_error TEXT,
             roles_dirty BIGINT NOT NULL DEFAULT 1
         )",
-        "CREATE TABLE roles (
+            "CREATE TABLE roles (
             project_id TEXT NOT NULL,
             name TEXT NOT NULL,
             stored_hash TEXT NOT NULL,
             created_at BIGINT NOT NULL,
             PRIMARY KEY (project_id, name)
         )",
-        "CREATE TABLE compute_events (
+            "CREATE TABLE compute_events (
             id TEXT PRIMARY KEY,
             compute_id TEXT NOT NULL,
             project_id TEXT NOT NULL,
@@ -56,9 +57,20 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             reason TEXT NOT NULL,
             at BIGINT NOT NULL
         )",
-        "CREATE INDEX compute_events_compute ON compute_events (compute_id, at)",
-    ],
-)];
+            "CREATE INDEX compute_events_compute ON compute_events (compute_id, at)",
+        ],
+    ),
+    (
+        2,
+        // Roles deleted while the compute could not drop them: dropped at its next start.
+        &["CREATE TABLE role_tombstones (
+            project_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            deleted_at BIGINT NOT NULL,
+            PRIMARY KEY (project_id, name)
+        )"],
+    ),
+];
 
 /// A compute's lifecycle state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -290,6 +302,7 @@ impl Store {
         for sql in [
             "DELETE FROM compute_events WHERE project_id = $1",
             "DELETE FROM roles WHERE project_id = $1",
+            "DELETE FROM role_tombstones WHERE project_id = $1",
             "DELETE FROM computes WHERE project_id = $1",
             "DELETE FROM projects WHERE id = $1",
         ] {
@@ -367,7 +380,7 @@ impl Store {
             "INSERT INTO compute_events (id, compute_id, project_id, from_state, to_state, reason, at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(event_id(now))
         .bind(&c.id)
         .bind(&c.project_id)
         .bind(c.state.as_str())
@@ -435,6 +448,7 @@ impl Store {
     // ---- roles ----
 
     pub async fn insert_role(&self, r: &Role) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO roles (project_id, name, stored_hash, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -442,9 +456,14 @@ impl Store {
         .bind(&r.name)
         .bind(&r.stored_hash)
         .bind(r.created_at)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM role_tombstones WHERE project_id = $1 AND name = $2")
+            .bind(&r.project_id)
+            .bind(&r.name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     /// Replaces a role's hash; false when the role does not exist.
@@ -485,15 +504,68 @@ impl Store {
         rows.iter().map(role_from_row).collect()
     }
 
-    /// False when the role did not exist.
+    /// Deletes a role and leaves a tombstone until a compute has dropped it. False when the
+    /// role did not exist.
     pub async fn delete_role(&self, project_id: &str, name: &str) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM roles WHERE project_id = $1 AND name = $2")
             .bind(project_id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM role_tombstones WHERE project_id = $1 AND name = $2")
+            .bind(project_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO role_tombstones (project_id, name, deleted_at) VALUES ($1, $2, $3)",
+        )
+        .bind(project_id)
+        .bind(name)
+        .bind(now_ms() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
+
+    /// Roles deleted but not yet dropped from the project's compute.
+    pub async fn role_tombstones(&self, project_id: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM role_tombstones WHERE project_id = $1 ORDER BY name",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Forgets tombstones once the compute has dropped those roles.
+    pub async fn clear_role_tombstones(
+        &self,
+        project_id: &str,
+        names: &[String],
+    ) -> anyhow::Result<()> {
+        for name in names {
+            sqlx::query("DELETE FROM role_tombstones WHERE project_id = $1 AND name = $2")
+                .bind(project_id)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Event ids sort in the order the events were recorded (within a millisecond too).
+fn event_id(now_ms: i64) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let salt = uuid::Uuid::new_v4().simple().to_string();
+    format!("{now_ms:015}-{seq:012}-{}", &salt[..8])
 }
 
 const COMPUTE_SELECT: &str = "SELECT id, project_id, state, address, pid, config, created_at, updated_at, last_error, roles_dirty FROM computes";

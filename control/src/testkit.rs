@@ -233,3 +233,29 @@ fn as_owner(cmd: &mut Command, owner: Option<(nix::unistd::Uid, nix::unistd::Gid
         cmd.uid(uid.as_raw()).gid(gid.as_raw());
     }
 }
+
+/// Pids of live `mariadbd` processes whose `--datadir` lies under `root` (e.g. a test's
+/// temp dir).
+pub fn mariadbd_pids_under(root: &std::path::Path) -> Vec<i32> {
+    let needle = format!("--datadir={}", root.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains("mariadbd") && cmd.contains(&needle)
+        })
+        .collect()
+}
+
+/// SIGKILLs every `mariadbd` under `root`: call it from a test fixture's `Drop` so that a
+/// failing test (which never reaches `ControlPlane::shutdown`) leaks no servers.
+pub fn kill_mariadbd_under(root: &std::path::Path) {
+    for pid in mariadbd_pids_under(root) {
+        mariadb::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}

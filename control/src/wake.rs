@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-use crate::driver::{ComputeSpec, RoleOp, Running};
+use crate::driver::{ComputeSpec, RoleOp, RoleSync, Running};
 use crate::error::ControlError;
 use crate::gateway::{ColdStart, WakeError, WakeInfo};
 use crate::metrics as m;
@@ -199,19 +199,10 @@ impl ControlPlane {
         let span = tracing::info_span!("start", project_id = %compute.project_id, project = %name, compute_id = %compute.id);
         async {
             let roles = if compute.roles_dirty {
-                let roles = self
-                    .store
-                    .list_roles(&compute.project_id)
-                    .await
-                    .map_err(|e| internal(format!("{e:#}")))?;
                 Some(
-                    roles
-                        .into_iter()
-                        .map(|r| RoleDef {
-                            name: r.name,
-                            stored_hash: r.stored_hash,
-                        })
-                        .collect(),
+                    self.role_sync(&compute.project_id)
+                        .await
+                        .map_err(|e| internal(format!("{e:#}")))?,
                 )
             } else {
                 None
@@ -244,9 +235,13 @@ impl ControlPlane {
                     )
                     .await
                     .map_err(|e| internal(format!("{e:#}")))?;
-                    if spec.roles.is_some() {
+                    if let Some(sync) = &spec.roles {
                         self.store
                             .set_roles_dirty(&compute.project_id, false)
+                            .await
+                            .map_err(|e| internal(format!("{e:#}")))?;
+                        self.store
+                            .clear_role_tombstones(&compute.project_id, &sync.drop)
                             .await
                             .map_err(|e| internal(format!("{e:#}")))?;
                     }
@@ -483,6 +478,22 @@ impl ControlPlane {
         }
     }
 
+    /// Every current role and every deleted one not yet dropped from the compute.
+    async fn role_sync(&self, project_id: &str) -> anyhow::Result<RoleSync> {
+        let upsert = self
+            .store
+            .list_roles(project_id)
+            .await?
+            .into_iter()
+            .map(|r| RoleDef {
+                name: r.name,
+                stored_hash: r.stored_hash,
+            })
+            .collect();
+        let drop = self.store.role_tombstones(project_id).await?;
+        Ok(RoleSync { upsert, drop })
+    }
+
     /// Applies a role change to the project's compute now when it runs, or marks the roles
     /// for synchronisation at its next start.
     pub(crate) async fn push_role_change(
@@ -501,7 +512,14 @@ impl ControlPlane {
                 .apply_roles(project_id, std::slice::from_ref(&op))
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let RoleOp::Drop(name) = &op {
+                        self.store
+                            .clear_role_tombstones(project_id, std::slice::from_ref(name))
+                            .await?;
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(project_id, compute_id = %compute.id, error = %format!("{e:#}"),
                         "applying a role change to the running compute failed; it will be synchronised at the next start");

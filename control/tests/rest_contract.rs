@@ -60,6 +60,8 @@ async fn contract(env: &Env) {
         r#"{}"#,
         r#"{"name": "ok-name", "config": {"idle_timeout": "soon"}}"#,
         r#"{"name": "ok-name", "config": [1]}"#,
+        r#"{"name": "ok-name", "config": {"idle_timeout": 1e300}}"#,
+        r#"{"name": "ok-name", "config": {"idle_timeout": -1}}"#,
         r#"[1, 2]"#,
     ] {
         let resp = call(r, "POST", "/api/v1/projects", Some(bad), None).await;

@@ -68,6 +68,22 @@ async fn role_changes_while_suspended_apply_before_the_next_wake_returns() {
     let (pid, cid) = env.project_with_compute("roles", "app", "old-pw").await;
     let info = plane.wake(&pid).await.expect("wake");
     assert_eq!(select_one(&info.address, "app", "old-pw").await, 1);
+    // An account the application made itself is not doze's to remove.
+    let mut conn = connect(&info.address, "app", "old-pw")
+        .await
+        .expect("connect");
+    mysql_async::prelude::Queryable::query_drop(
+        &mut conn,
+        "CREATE USER 'own'@'%' IDENTIFIED BY 'own-pw'",
+    )
+    .await
+    .expect("a role may create users");
+    conn.disconnect().await.ok();
+    plane
+        .create_role(&pid, "doomed", "doomed-pw")
+        .await
+        .expect("create while running");
+    assert_eq!(select_one(&info.address, "doomed", "doomed-pw").await, 1);
     plane.suspend_compute(&cid).await.expect("suspend");
 
     plane
@@ -79,9 +95,13 @@ async fn role_changes_while_suspended_apply_before_the_next_wake_returns() {
         .await
         .expect("change while suspended");
     plane
-        .create_role(&pid, "doomed", "doomed-pw")
+        .create_role(&pid, "ghost", "ghost-pw")
         .await
-        .expect("create");
+        .expect("create while suspended");
+    plane
+        .delete_role(&pid, "ghost")
+        .await
+        .expect("delete while suspended");
     plane
         .delete_role(&pid, "doomed")
         .await
@@ -97,6 +117,21 @@ async fn role_changes_while_suspended_apply_before_the_next_wake_returns() {
     assert!(
         connect(&info.address, "doomed", "doomed-pw").await.is_err(),
         "deleted role absent"
+    );
+    assert!(connect(&info.address, "ghost", "ghost-pw").await.is_err());
+    assert!(
+        plane
+            .store()
+            .role_tombstones(&pid)
+            .await
+            .expect("tombstones")
+            .is_empty(),
+        "tombstones are cleared once applied"
+    );
+    assert_eq!(
+        select_one(&info.address, "own", "own-pw").await,
+        1,
+        "accounts doze never managed survive a role sync"
     );
 
     // While running: changes apply at once, without a restart.
@@ -170,5 +205,34 @@ async fn roles_created_before_the_compute_exist_at_its_first_start() {
             .expect("select");
     assert_eq!(packet, Some(64 << 20));
     conn.disconnect().await.ok();
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_is_reachable_over_the_socket_only() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (pid, _) = env.project_with_compute("locked", "app", "app-pw").await;
+    let info = plane.wake(&pid).await.expect("wake");
+    let err = connect(&info.address, "root", "")
+        .await
+        .expect_err("no TCP root");
+    assert!(err.to_string().contains("Access denied"), "{err}");
+    let mut conn = connect(&info.address, "app", "app-pw")
+        .await
+        .expect("connect");
+    let users: Vec<(String, String)> = mysql_async::prelude::Queryable::query(
+        &mut conn,
+        "SELECT CONVERT(User USING utf8mb4), CONVERT(Host USING utf8mb4) FROM mysql.user ORDER BY 1, 2",
+    )
+    .await
+    .expect("users");
+    conn.disconnect().await.ok();
+    let roots: Vec<&str> = users
+        .iter()
+        .filter(|(u, _)| u == "root")
+        .map(|(_, h)| h.as_str())
+        .collect();
+    assert_eq!(roots, ["localhost"], "all users: {users:?}");
     plane.shutdown().await;
 }

@@ -459,7 +459,7 @@ async fn a_wake_is_bounded_by_wake_timeout_and_the_start_still_completes() {
     let err = plane.wake(&pid).await.expect_err("times out");
     assert!(matches!(err, WakeError::Timeout { .. }), "{err:?}");
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
+        t0.elapsed() < Duration::from_secs(5),
         "bounded: {:?}",
         t0.elapsed()
     );

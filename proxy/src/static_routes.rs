@@ -76,7 +76,11 @@ impl StaticRoutes {
         let mut by_key = HashMap::new();
         for entry in file.project {
             let project = Arc::new(build_project(entry)?);
-            for key in [&project.name, &project.id] {
+            let mut keys = vec![project.name.clone()];
+            if project.id != project.name {
+                keys.push(project.id.clone());
+            }
+            for key in keys {
                 if by_key.insert(key.clone(), Arc::clone(&project)).is_some() {
                     bail!("project key '{key}' appears twice");
                 }
@@ -183,6 +187,16 @@ password_hash = "*6BB4837EB74329105EE4568DDA7DC67ED2CA2AD9"
             Err(LookupError::UnknownProject(_))
         ));
         assert_eq!(routes.wake("p-1").await.unwrap().address, "127.0.0.1:3306");
+    }
+
+    #[tokio::test]
+    async fn id_defaults_to_name_and_duplicates_are_refused() {
+        let no_id = "[[project]]\nname = 'a'\nbackend = '127.0.0.1:1'\n";
+        let routes = Arc::new(StaticRoutes::parse(no_id).unwrap());
+        assert_eq!(routes.lookup_role("a", "x").await.unwrap().project_id, "a");
+        let twice = format!("{no_id}{no_id}");
+        let err = format!("{:#}", StaticRoutes::parse(&twice).err().unwrap());
+        assert!(err.contains("appears twice"), "{err}");
     }
 
     #[test]

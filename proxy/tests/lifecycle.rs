@@ -48,6 +48,14 @@ async fn env(tweak: impl FnOnce(&mut ControlConfig)) -> Env {
     }
 }
 
+impl Drop for Env {
+    /// Computes are child processes in their own process group: a test that ends (or fails)
+    /// must not leave them running.
+    fn drop(&mut self) {
+        doze_control::testkit::kill_mariadbd_under(self._dir.path());
+    }
+}
+
 impl Env {
     /// Project `name` with a compute and role `app`; returns the compute id.
     async fn project(&self, name: &str, config: serde_json::Value) -> String {

@@ -39,6 +39,29 @@ const PROTECTED_OPTIONS: &[&str] = &[
     "skip-networking",
 ];
 
+/// Option names containing any of these are refused too: they would let an admin API caller
+/// make the server read or write arbitrary files, load code, or bypass authentication.
+const RISKY_OPTION_PARTS: &[&str] = &[
+    "file",
+    "dir",
+    "path",
+    "plugin",
+    "init",
+    "user",
+    "socket",
+    "port",
+    "bind",
+    "secure",
+    "load",
+    "grant",
+    "networking",
+    "chroot",
+    "pid",
+    "log-error",
+    "general-log",
+    "slow-query-log",
+];
+
 /// Default buffer pool when the compute config has no `resources.memory`.
 const DEFAULT_BUFFER_POOL: &str = "64M";
 const MIN_BUFFER_POOL: u64 = 16 * 1024 * 1024;
@@ -323,19 +346,16 @@ async fn apply_ops(conn: &mut mysql_async::Conn, ops: &[RoleOp]) -> anyhow::Resu
                 }
             }
             RoleOp::Drop(name) => conn.query_drop(roles::drop_sql(name)).await?,
-            RoleOp::Sync(wanted) => {
-                let present: Vec<String> = conn
-                    .query("SELECT CONVERT(User USING utf8mb4) FROM mysql.user WHERE Host = '%'")
-                    .await?;
-                for name in present {
+            RoleOp::Sync(sync) => {
+                for name in &sync.drop {
                     let reserved = RESERVED_ROLE_NAMES
                         .iter()
-                        .any(|r| r.eq_ignore_ascii_case(&name));
-                    if !reserved && !wanted.iter().any(|w| w.name == name) {
-                        conn.query_drop(roles::drop_sql(&name)).await?;
+                        .any(|r| r.eq_ignore_ascii_case(name));
+                    if !reserved && !sync.upsert.iter().any(|w| &w.name == name) {
+                        conn.query_drop(roles::drop_sql(name)).await?;
                     }
                 }
-                for role in wanted {
+                for role in &sync.upsert {
                     for sql in roles::upsert_sql(role) {
                         conn.query_drop(sql).await?;
                     }
@@ -508,8 +528,13 @@ pub fn mariadb_options(config: &serde_json::Value) -> anyhow::Result<Vec<String>
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             bail!("mariadb_options: '{key}' is not an option name");
         }
-        if PROTECTED_OPTIONS.contains(&name.as_str()) {
-            bail!("mariadb_options: '{key}' is managed by doze and cannot be set");
+        if PROTECTED_OPTIONS.contains(&name.as_str())
+            || RISKY_OPTION_PARTS.iter().any(|part| name.contains(part))
+        {
+            bail!(
+                "mariadb_options: '{key}' is managed by doze or touches files, paths, plugins or \
+                 accounts, and cannot be set"
+            );
         }
         let value = match value {
             serde_json::Value::String(s) => s.clone(),
@@ -557,6 +582,19 @@ mod tests {
         .expect("opts");
         assert_eq!(args, vec!["--max-connections=50", "--sql-mode=ANSI"]);
         assert!(mariadb_options(&json!({"mariadb_options": {"datadir": "/"}})).is_err());
+        for risky in [
+            "general_log_file",
+            "plugin_maturity",
+            "init_connect",
+            "secure_file_priv",
+            "skip_grant_tables",
+            "log_error",
+        ] {
+            assert!(
+                mariadb_options(&json!({"mariadb_options": {risky: "x"}})).is_err(),
+                "{risky}"
+            );
+        }
         assert!(mariadb_options(&json!({"mariadb_options": {"a b": "1"}})).is_err());
         assert!(mariadb_options(&json!({"mariadb_options": 3})).is_err());
     }

@@ -18,9 +18,17 @@ pub struct ComputeSpec {
     pub compute_id: String,
     /// The compute's config as given at creation (`resources.memory`, `image`, `mariadb_options`...).
     pub config: serde_json::Value,
-    /// When `Some`, the complete role set to synchronise into the compute before the start
-    /// counts as finished (the project's roles changed while it was not running).
-    pub roles: Option<Vec<RoleDef>>,
+    /// When `Some`, the role changes to synchronise into the compute before the start counts
+    /// as finished (the project's roles changed while it was not running).
+    pub roles: Option<RoleSync>,
+}
+
+/// The project's complete role set plus the roles deleted since the compute last saw them.
+/// Accounts doze never managed (created by clients themselves) are left alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleSync {
+    pub upsert: Vec<RoleDef>,
+    pub drop: Vec<String>,
 }
 
 /// A started (or adopted) compute.
@@ -37,8 +45,8 @@ pub struct Running {
 pub enum RoleOp {
     Upsert(RoleDef),
     Drop(String),
-    /// Make the compute's `'name'@'%'` accounts exactly this set.
-    Sync(Vec<RoleDef>),
+    /// Drop the deleted roles, create or replace every current one.
+    Sync(RoleSync),
 }
 
 /// Runs computes. Implementations must be idempotent: `stop` of a stopped compute and `adopt`

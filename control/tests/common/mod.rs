@@ -199,31 +199,9 @@ pub fn mariadbd_on(datadir: &std::path::Path) -> usize {
         .count()
 }
 
-/// Pids of live mariadbd processes whose datadir is under `root`.
-pub fn mariadbd_under(root: &std::path::Path) -> Vec<i32> {
-    let needle = format!("--datadir={}", root.display());
-    std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-                .filter(|pid| {
-                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    cmd.contains("mariadbd") && cmd.contains(&needle)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Kills every mariadbd left under `root` (a failed test must not leak servers).
 pub fn kill_all_under(root: &std::path::Path) {
-    for pid in mariadbd_under(root) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    doze_control::testkit::kill_mariadbd_under(root);
 }
 
 impl Drop for Env {
