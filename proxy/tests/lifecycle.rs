@@ -76,6 +76,22 @@ impl Env {
         self.plane.stats().compute_starts.load(Ordering::SeqCst)
     }
 
+    /// Suspends once the proxy has closed the sessions a client just ended: `disconnect()`
+    /// returns when COM_QUIT is sent, a moment before the proxy sees the close, and a suspend
+    /// never cuts an open session.
+    async fn suspend_after_disconnect(&self, compute: &str) -> doze_control::store::Compute {
+        for _ in 0..250 {
+            match self.plane.suspend_compute(compute).await {
+                Ok(c) => return c,
+                Err(doze_control::ControlError::SessionsOpen { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("suspend failed: {e}"),
+            }
+        }
+        panic!("sessions did not close within 5 s");
+    }
+
     async fn state(&self, compute: &str) -> ComputeState {
         self.plane.compute(compute).await.unwrap().state
     }
@@ -104,7 +120,7 @@ async fn twenty_suspend_resume_cycles_keep_every_committed_row() {
         .await
         .unwrap();
         conn.disconnect().await.unwrap();
-        let suspended = env.plane.suspend_compute(&compute).await.unwrap();
+        let suspended = env.suspend_after_disconnect(&compute).await;
         assert_eq!(suspended.state, ComputeState::Suspended);
     }
     let mut conn = connect(env.proxy.addr, "life.app", Some("shop"))
@@ -226,7 +242,7 @@ async fn idle_compute_is_suspended_but_never_under_an_open_session() {
     conn.disconnect().await.unwrap();
     // Without sessions it is suspended within the idle timeout plus a check interval or two.
     let mut suspended = false;
-    for _ in 0..50 {
+    for _ in 0..150 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if env.state(&compute).await == ComputeState::Suspended {
             suspended = true;
@@ -259,7 +275,7 @@ async fn role_changes_apply_on_the_next_connection_running_or_suspended() {
     late.disconnect().await.unwrap();
     first.disconnect().await.unwrap();
     // Created while suspended.
-    env.plane.suspend_compute(&compute).await.unwrap();
+    env.suspend_after_disconnect(&compute).await;
     env.plane
         .create_role("roles", "sleeper", "sleep-pw")
         .await
