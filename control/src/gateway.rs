@@ -17,7 +17,7 @@ pub struct RoleLookup {
 }
 
 /// Why a project or role could not be resolved.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum LookupError {
     #[error("unknown project '{0}'")]
     UnknownProject(String),

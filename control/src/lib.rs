@@ -121,6 +121,8 @@ pub struct Stats {
     pub suspends: AtomicU64,
     /// Compute starts that failed.
     pub start_failures: AtomicU64,
+    /// Role lookups that went to the store (cache misses, after coalescing).
+    pub role_loads: AtomicU64,
 }
 
 impl Stats {
@@ -143,9 +145,9 @@ pub struct ControlPlane {
     /// project id -> address of its running compute.
     wake_cache: moka::sync::Cache<String, WakeInfo>,
     /// (project key, user) -> lookup answer.
-    role_cache: moka::sync::Cache<(String, String), RoleLookup>,
+    role_cache: moka::future::Cache<(String, String), RoleLookup>,
     /// project id or name -> (id, name).
-    key_cache: moka::sync::Cache<String, (String, String)>,
+    key_cache: moka::future::Cache<String, (String, String)>,
     /// Bumped on every project or role change (see [`ControlPlane::lookup_role`]).
     cache_gen: AtomicU64,
     slots: Mutex<HashMap<String, Arc<wake::Slot>>>,
@@ -194,11 +196,11 @@ impl ControlPlane {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
                 .build(),
-            role_cache: moka::sync::Cache::builder()
+            role_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
-            key_cache: moka::sync::Cache::builder()
+            key_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
@@ -212,17 +214,30 @@ impl ControlPlane {
     }
 
     /// The project and the stored hash of `user`; `project_key` is a project id or name.
-    /// Served from a cache that every project or role change clears.
+    /// Served from a cache that every project or role change clears. Concurrent misses for
+    /// the same key share one store lookup, so a pool of 500 clients reconnecting at once
+    /// costs one query, not 500 queued behind each other.
     pub async fn lookup_role(
         &self,
         project_key: &str,
         user: &str,
     ) -> Result<RoleLookup, LookupError> {
         let key = (project_key.to_owned(), user.to_owned());
-        if let Some(hit) = self.role_cache.get(&key) {
-            return Ok(hit);
-        }
         let generation = self.cache_gen.load(Ordering::SeqCst);
+        let answer = self
+            .role_cache
+            .try_get_with(key.clone(), self.load_role(project_key, user))
+            .await
+            .map_err(|e| (*e).clone())?;
+        // A change that landed during the load must not leave a stale entry behind.
+        if self.cache_gen.load(Ordering::SeqCst) != generation {
+            self.role_cache.invalidate(&key).await;
+        }
+        Ok(answer)
+    }
+
+    async fn load_role(&self, project_key: &str, user: &str) -> Result<RoleLookup, LookupError> {
+        Stats::bump(&self.stats.role_loads);
         let unavailable = |e: anyhow::Error| LookupError::Unavailable(format!("{e:#}"));
         let project = self
             .store
@@ -235,19 +250,11 @@ impl ControlPlane {
             .role(&project.id, user)
             .await
             .map_err(unavailable)?;
-        let answer = RoleLookup {
+        Ok(RoleLookup {
             project_id: project.id,
             project_name: project.name,
             stored_hash: role.and_then(|r| roles::parse_stored_hash(&r.stored_hash)),
-        };
-        if self.cache_gen.load(Ordering::SeqCst) == generation {
-            self.role_cache.insert(key.clone(), answer.clone());
-            // A change that landed while we inserted must not leave a stale entry behind.
-            if self.cache_gen.load(Ordering::SeqCst) != generation {
-                self.role_cache.invalidate(&key);
-            }
-        }
-        Ok(answer)
+        })
     }
 
     /// The address of the project's running compute, starting it if needed. Concurrent wakes

@@ -73,26 +73,33 @@ impl ControlPlane {
         Arc::clone(slots.entry(project_id.to_owned()).or_default())
     }
 
-    /// (id, name) of a project by id or name, cached.
+    /// (id, name) of a project by id or name, cached; concurrent misses share one lookup.
+    /// Unknown keys are not cached.
     pub(crate) async fn resolve(
         &self,
         key: &str,
     ) -> Result<Option<(String, String)>, anyhow::Error> {
-        if let Some(hit) = self.key_cache.get(key) {
-            return Ok(Some(hit));
-        }
         let generation = self.cache_gen.load(Ordering::SeqCst);
-        let Some(p) = self.store.project_by_key(key).await? else {
-            return Ok(None);
-        };
-        let v = (p.id, p.name);
-        if self.cache_gen.load(Ordering::SeqCst) == generation {
-            self.key_cache.insert(key.to_owned(), v.clone());
-            if self.cache_gen.load(Ordering::SeqCst) != generation {
-                self.key_cache.invalidate(key);
+        let load = async {
+            match self.store.project_by_key(key).await {
+                Ok(Some(p)) => Ok((p.id, p.name)),
+                Ok(None) => Err(None),
+                Err(e) => Err(Some(format!("{e:#}"))),
             }
+        };
+        let found = match self.key_cache.try_get_with(key.to_owned(), load).await {
+            Ok(v) => v,
+            Err(e) => {
+                return match &*e {
+                    None => Ok(None),
+                    Some(message) => Err(anyhow::anyhow!("{message}")),
+                };
+            }
+        };
+        if self.cache_gen.load(Ordering::SeqCst) != generation {
+            self.key_cache.invalidate(key).await;
         }
-        Ok(Some(v))
+        Ok(Some(found))
     }
 
     pub(crate) async fn wake_inner(&self, key: &str) -> Result<WakeInfo, WakeError> {

@@ -236,3 +236,29 @@ async fn root_is_reachable_over_the_socket_only() {
     assert_eq!(roots, ["localhost"], "all users: {users:?}");
     plane.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_lookups_share_one_store_query() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let p = plane
+        .create_project("herdlookup", serde_json::json!({}))
+        .await
+        .expect("project");
+    plane.create_role(&p.id, "app", "pw").await.expect("role");
+    let before = plane
+        .stats()
+        .role_loads
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let lookups = (0..200).map(|_| plane.lookup_role("herdlookup", "app"));
+    let answers = futures::future::join_all(lookups).await;
+    for a in answers {
+        assert!(a.expect("lookup").stored_hash.is_some());
+    }
+    let loads = plane
+        .stats()
+        .role_loads
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - before;
+    assert_eq!(loads, 1, "200 concurrent misses must share one load");
+}
