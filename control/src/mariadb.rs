@@ -225,6 +225,10 @@ impl ServerSpec {
             // doze holds one compute connection per client session, so the compute's limit is
             // the project's session limit; MariaDB's default of 151 is too low for a front door.
             format!("--max-connections={DEFAULT_MAX_CONNECTIONS}"),
+            // A herd of clients makes doze open as many compute connections at once; MariaDB's
+            // default back_log (250 here) overflows and the kernel retries the dropped SYNs a
+            // whole second later. Queue as many as the compute accepts.
+            format!("--back-log={DEFAULT_MAX_CONNECTIONS}"),
         ];
         args.extend(user_args());
         args.extend(self.extra_args.iter().cloned());
@@ -348,4 +352,26 @@ pub async fn stop_child(child: &mut Child, grace: Duration) -> anyhow::Result<()
 /// Sends `signal` to `pid`, ignoring a process that is already gone.
 pub fn signal_pid(pid: i32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn computes_queue_as_many_connects_as_they_accept() {
+        let args = ServerSpec::in_datadir(Path::new("/tmp/x"), 3306).args();
+        let value = |name: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(name))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let max = value("--max-connections=").unwrap_or(0);
+        let back_log = value("--back-log=").unwrap_or(0);
+        assert!(max >= 1000, "max_connections {max}");
+        assert!(
+            back_log >= max,
+            "back_log {back_log} < max_connections {max}"
+        );
+    }
 }

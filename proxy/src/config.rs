@@ -51,7 +51,7 @@ impl Default for ProxyConfig {
             max_connections_per_project: 0,
             drain_timeout: Duration::from_secs(30),
             backend_proxy_protocol: false,
-            backlog: 1024,
+            backlog: 4096,
             reuse_port: false,
         }
     }
