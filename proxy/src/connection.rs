@@ -290,11 +290,17 @@ async fn relay_session<C: Control + Clone>(
     match client.stream {
         ClientStream::Plain(mut tcp) => {
             let (mut cr, mut cw) = tcp.split();
-            relay::relay(&mut cr, &mut cw, &mut br, &mut bw, activity, &mut auth).await
+            relay::relay(
+                &mut cr, &mut cw, false, &mut br, &mut bw, activity, &mut auth,
+            )
+            .await
         }
         tls @ ClientStream::Tls(_) => {
             let (mut cr, mut cw) = tokio::io::split(tls);
-            relay::relay(&mut cr, &mut cw, &mut br, &mut bw, activity, &mut auth).await
+            relay::relay(
+                &mut cr, &mut cw, true, &mut br, &mut bw, activity, &mut auth,
+            )
+            .await
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Pipe {
     approved: usize,
     filled: usize,
     needs_flush: bool,
+    /// Whether the writer buffers (TLS): only then does a write need a flush step.
+    flushes: bool,
 }
 
 /// What one step of a pipe did.
@@ -63,13 +65,16 @@ enum Step {
 }
 
 impl Pipe {
-    pub fn new() -> Self {
+    /// A pipe whose writer needs a flush after writes when `flushes` (TLS); plain TCP writes
+    /// go straight to the socket, so the relay skips the extra step there.
+    pub fn new(flushes: bool) -> Self {
         Self {
             data: vec![0u8; BUFFER_SIZE].into_boxed_slice(),
             sent: 0,
             approved: 0,
             filled: 0,
             needs_flush: false,
+            flushes,
         }
     }
 
@@ -100,7 +105,7 @@ impl Pipe {
                 Ok(0) => Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.sent += n;
-                    self.needs_flush = true;
+                    self.needs_flush = self.flushes;
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -180,16 +185,12 @@ impl Pipe {
     }
 }
 
-impl Default for Pipe {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Relays until either side closes. `auth` carries what COM_CHANGE_USER needs.
+/// Relays until either side closes. `auth` carries what COM_CHANGE_USER needs;
+/// `client_flushes` is true when the client writer buffers (TLS).
 pub async fn relay<CR, CW, BR, BW, A>(
     client_r: &mut CR,
     client_w: &mut CW,
+    client_flushes: bool,
     backend_r: &mut BR,
     backend_w: &mut BW,
     activity: &Arc<ProjectActivity>,
@@ -202,8 +203,8 @@ where
     BW: AsyncWrite + Unpin,
     A: SessionAuth,
 {
-    let mut up = Pipe::new();
-    let mut down = Pipe::new();
+    let mut up = Pipe::new(false);
+    let mut down = Pipe::new(client_flushes);
     let mut walker = CommandWalker::new();
     let mut intercepted = false;
     loop {
