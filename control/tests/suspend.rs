@@ -13,27 +13,22 @@ use doze_control::store::ComputeState;
 async fn suspend_is_refused_while_sessions_are_open() {
     let env = sqlite_env(|_| {}).await;
     let plane = &env.plane;
-    let p = plane
-        .create_project("busy", serde_json::json!({"idle_timeout": 1}))
-        .await
-        .expect("project");
-    let c = plane
-        .create_compute(&p.id, serde_json::json!({}))
-        .await
-        .expect("compute");
+    let (pid, cid) = env
+        .project_with_config("busy", serde_json::json!({"idle_timeout": 1}))
+        .await;
     plane
-        .create_role(&p.id, "app", "busy-pw")
+        .create_role(&pid, "app", "busy-pw")
         .await
         .expect("role");
     // As the proxy does: open the session, then wake.
-    let guard = env.activity.project(&p.id).open_session();
-    let guard2 = env.activity.project(&p.id).open_session();
+    let guard = env.activity.project(&pid).open_session();
+    let guard2 = env.activity.project(&pid).open_session();
     let info = plane.wake("busy").await.expect("wake");
     let router = plane.admin_router(None);
     let resp = call(
         &router,
         "POST",
-        &format!("/api/v1/compute/{}/suspend", c.id),
+        &format!("/api/v1/compute/{}/suspend", cid),
         None,
         None,
     )
@@ -48,7 +43,7 @@ async fn suspend_is_refused_while_sessions_are_open() {
     let resp = call(
         &router,
         "DELETE",
-        &format!("/api/v1/compute/{}", c.id),
+        &format!("/api/v1/compute/{}", cid),
         None,
         None,
     )
@@ -61,7 +56,7 @@ async fn suspend_is_refused_while_sessions_are_open() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(plane.suspend_idle().await.expect("pass"), 0);
     assert_eq!(
-        plane.compute(&c.id).await.expect("c").state,
+        plane.compute(&cid).await.expect("c").state,
         ComputeState::Running
     );
     assert_eq!(
@@ -70,7 +65,7 @@ async fn suspend_is_refused_while_sessions_are_open() {
         "the session's compute still serves"
     );
     // The refused suspend invalidated the cache; the next wake still finds the same compute.
-    let again = plane.wake(&p.id).await.expect("wake");
+    let again = plane.wake(&pid).await.expect("wake");
     assert_eq!(again.address, info.address);
     assert_eq!(Stats::get(&plane.stats().compute_starts), 1);
 
@@ -78,7 +73,7 @@ async fn suspend_is_refused_while_sessions_are_open() {
     let resp = call(
         &router,
         "POST",
-        &format!("/api/v1/compute/{}/suspend", c.id),
+        &format!("/api/v1/compute/{}/suspend", cid),
         None,
         None,
     )
@@ -88,7 +83,7 @@ async fn suspend_is_refused_while_sessions_are_open() {
     let resp = call(
         &router,
         "POST",
-        &format!("/api/v1/compute/{}/suspend", c.id),
+        &format!("/api/v1/compute/{}/suspend", cid),
         None,
         None,
     )
@@ -107,31 +102,26 @@ async fn idle_computes_are_suspended_but_not_while_a_session_is_open() {
     })
     .await;
     let plane = &env.plane;
-    let p = plane
-        .create_project("sleepy", serde_json::json!({"idle_timeout": 1}))
-        .await
-        .expect("project");
-    let c = plane
-        .create_compute(&p.id, serde_json::json!({}))
-        .await
-        .expect("compute");
+    let (pid, cid) = env
+        .project_with_config("sleepy", serde_json::json!({"idle_timeout": 1}))
+        .await;
     // A second project keeps the default (1 hour): never suspended here.
     let (other_pid, other_cid) = env.project_with_compute("awake", "app", "pw").await;
     let scheduler = plane.spawn_scheduler();
 
-    let guard = env.activity.project(&p.id).open_session();
-    plane.wake(&p.id).await.expect("wake");
+    let guard = env.activity.project(&pid).open_session();
+    plane.wake(&pid).await.expect("wake");
     plane.wake(&other_pid).await.expect("wake other");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        plane.compute(&c.id).await.expect("c").state,
+        plane.compute(&cid).await.expect("c").state,
         ComputeState::Running,
         "an open session keeps the compute up"
     );
     drop(guard);
     let released = Instant::now();
     loop {
-        let state = plane.compute(&c.id).await.expect("c").state;
+        let state = plane.compute(&cid).await.expect("c").state;
         if state == ComputeState::Suspended {
             break;
         }
@@ -146,8 +136,8 @@ async fn idle_computes_are_suspended_but_not_while_a_session_is_open() {
         waited >= Duration::from_millis(900),
         "suspended before its idle timeout: {waited:?}"
     );
-    assert_eq!(mariadbd_on(&datadir_of(plane, &p.id)), 0);
-    let events = plane.compute_events(&c.id).await.expect("events");
+    assert_eq!(mariadbd_on(&datadir_of(plane, &pid)), 0);
+    let events = plane.compute_events(&cid).await.expect("events");
     assert_eq!(events.last().map(|e| e.reason.as_str()), Some("idle"));
     assert_eq!(
         plane.compute(&other_cid).await.expect("other").state,
@@ -156,10 +146,10 @@ async fn idle_computes_are_suspended_but_not_while_a_session_is_open() {
     assert_eq!(Stats::get(&plane.stats().suspends), 1);
 
     // Woken again, it is suspended again once idle.
-    plane.wake(&p.id).await.expect("wake again");
+    plane.wake(&pid).await.expect("wake again");
     let woke = Instant::now();
     loop {
-        if plane.compute(&c.id).await.expect("c").state == ComputeState::Suspended {
+        if plane.compute(&cid).await.expect("c").state == ComputeState::Suspended {
             break;
         }
         assert!(woke.elapsed() < Duration::from_secs(10));

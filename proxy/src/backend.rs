@@ -232,21 +232,14 @@ mod tests {
         }
     }
 
-    fn login(caps: Capabilities, db: Option<&str>) -> (Credentials, Capabilities, Option<String>) {
-        (creds(), caps, db.map(str::to_owned))
-    }
-
     #[test]
     fn missing_format_flag_is_refused() {
-        let (c, caps, db) = login(
-            Capabilities::PROTOCOL_41 | Capabilities::DEPRECATE_EOF,
-            None,
-        );
+        let c = creds();
         let l = Login {
             user: "u",
-            database: db.as_deref(),
+            database: None,
             credentials: &c,
-            capabilities: caps,
+            capabilities: Capabilities::PROTOCOL_41 | Capabilities::DEPRECATE_EOF,
             collation: 45,
             max_packet: 1 << 24,
             attributes: None,

@@ -8,7 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use doze_protocol::{ErrPacket, MAX_FRAGMENT, Packet, ProtocolError, parse_header, write_packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -138,11 +138,4 @@ pub async fn send_err<S: AsyncWrite + Unpin>(stream: &mut S, seq: u8, err: &ErrP
     let mut body = BytesMut::new();
     err.encode(&mut body);
     let _ = write_payload(stream, seq, &body).await;
-}
-
-/// The payload of an encoded packet value.
-pub fn encoded(f: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut body = BytesMut::new();
-    f(&mut body);
-    body.freeze()
 }

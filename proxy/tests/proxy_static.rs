@@ -485,12 +485,5 @@ c.close()
         port = proxy.addr.port(),
         pw = PASSWORD
     );
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "127.0.0.2");
+    assert_eq!(python_client(&script).await, "127.0.0.2");
 }

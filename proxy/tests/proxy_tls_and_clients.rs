@@ -138,18 +138,7 @@ except mysql.connector.Error as e:
         port = proxy.addr.port(),
         pw = PASSWORD
     );
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed (is mysql-connector-python installed? .ci/run installs it): {}",
-        stderr(&out)
-    );
-    assert_eq!(stdout(&out), "app@%\nrefused 1045");
+    assert_eq!(python_client(&script).await, "app@%\nrefused 1045");
 }
 
 /// PyMySQL: a third independent client, following the greeting's plugin.
@@ -172,16 +161,5 @@ c.close()
         port = proxy.addr.port(),
         pw = PASSWORD
     );
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed (is PyMySQL installed?): {}",
-        stderr(&out)
-    );
-    assert_eq!(stdout(&out), "100 row99");
+    assert_eq!(python_client(&script).await, "100 row99");
 }

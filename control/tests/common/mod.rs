@@ -73,16 +73,11 @@ async fn start(cfg: ControlConfig, dir: TempDir, pg: Option<Postgres>) -> Env {
 }
 
 impl Env {
-    /// A project with a compute and a role; returns (project id, compute id).
-    pub async fn project_with_compute(
-        &self,
-        name: &str,
-        role: &str,
-        password: &str,
-    ) -> (String, String) {
+    /// A project with `config` and a compute; returns (project id, compute id).
+    pub async fn project_with_config(&self, name: &str, config: Value) -> (String, String) {
         let p = self
             .plane
-            .create_project(name, serde_json::json!({}))
+            .create_project(name, config)
             .await
             .expect("project");
         let c = self
@@ -90,11 +85,22 @@ impl Env {
             .create_compute(&p.id, serde_json::json!({}))
             .await
             .expect("compute");
+        (p.id, c.id)
+    }
+
+    /// A project with a compute and a role; returns (project id, compute id).
+    pub async fn project_with_compute(
+        &self,
+        name: &str,
+        role: &str,
+        password: &str,
+    ) -> (String, String) {
+        let (project, compute) = self.project_with_config(name, serde_json::json!({})).await;
         self.plane
-            .create_role(&p.id, role, password)
+            .create_role(&project, role, password)
             .await
             .expect("role");
-        (p.id, c.id)
+        (project, compute)
     }
 }
 

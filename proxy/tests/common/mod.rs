@@ -154,3 +154,20 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).trim().to_owned()
 }
+
+/// Runs a Python client script (PyMySQL / mysql-connector-python, installed by
+/// `.ci/install-deps`), asserts it succeeded and returns its trimmed stdout.
+pub async fn python_client(script: &str) -> String {
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python client failed (drivers come from .ci/install-deps): {}",
+        stderr(&out)
+    );
+    stdout(&out)
+}
