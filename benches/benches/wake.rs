@@ -15,10 +15,7 @@ fn wake_cache_hit(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("doze-bench-")
-        .tempdir()
-        .unwrap();
+    let dir = doze_control::testkit::scratch_dir("doze-bench-").unwrap();
     let plane = rt.block_on(async {
         let cfg = ControlConfig {
             db_dsn: format!("sqlite://{}/state.db", dir.path().display()),

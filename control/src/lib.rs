@@ -331,9 +331,37 @@ pub fn validate_admin_bind(addr: &SocketAddr, token: Option<&str>) -> anyhow::Re
     )
 }
 
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Refuses admin tokens that are easy to guess or to get wrong: shorter than
+/// [`MIN_ADMIN_TOKEN_LEN`], or containing whitespace or control characters.
+pub fn validate_admin_token(token: &str) -> anyhow::Result<()> {
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("the admin token must not contain spaces or control characters");
+    }
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        anyhow::bail!(
+            "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters long (got {}); \
+             generate one with e.g. `openssl rand -hex 32`",
+            token.len()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_need_length_and_no_spaces() {
+        assert!(validate_admin_token(" ").is_err());
+        assert!(validate_admin_token("").is_err());
+        assert!(validate_admin_token("short").is_err());
+        assert!(validate_admin_token("sixteen chars ok").is_err());
+        assert!(validate_admin_token("0123456789abcdef").is_ok());
+    }
 
     #[test]
     fn admin_bind_rules() {

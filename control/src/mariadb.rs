@@ -3,12 +3,13 @@
 //! Shared by the local compute driver and the test kit, so that tests start servers exactly the
 //! way doze starts computes.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use nix::unistd::{Gid, Uid};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -39,32 +40,85 @@ pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Makes `dir` (and the directories above it up to `/`) usable by the `mysql` user when we
-/// run as root: mariadbd refuses to run as root, and a 0700 temp dir would lock it out.
-pub fn hand_to_mysql_user(dir: &Path) -> anyhow::Result<()> {
+/// The OS account computes run as: `mysql` when doze runs as root (mariadbd refuses to run as
+/// root), `None` (doze's own account) otherwise.
+pub fn compute_owner() -> anyhow::Result<Option<(Uid, Gid)>> {
     if !running_as_root() {
-        return Ok(());
+        return Ok(None);
     }
     let user = nix::unistd::User::from_name("mysql")
         .context("looking up the `mysql` user")?
         .context("running as root needs a `mysql` user (created by the mariadb-server package)")?;
-    chown_recursive(dir, user.uid, user.gid)?;
+    Ok(Some((user.uid, user.gid)))
+}
+
+/// Mode of a directory only its owner may enter.
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of a doze-owned directory the compute user must pass through without listing it.
+pub const TRAVERSE_ONLY_DIR: u32 = 0o711;
+
+/// Creates `dir` (one level: its parent must exist) when missing, then sets its owner and
+/// mode, whatever they were. Never touches a parent: directories doze did not create keep
+/// their modes.
+pub fn own_dir(dir: &Path, mode: u32, owner: Option<(Uid, Gid)>) -> anyhow::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(dir, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", dir.display()))
+}
+
+/// Checks that the compute user can pass through every directory above `dir`. doze does not
+/// widen anyone's permissions to make that so: it says which directory is in the way.
+pub fn check_reachable(dir: &Path, owner: Option<(Uid, Gid)>) -> anyhow::Result<()> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
     let mut parent = dir.parent();
     while let Some(p) = parent {
-        if p.as_os_str().is_empty() || p == Path::new("/") {
+        if p.as_os_str().is_empty() {
             break;
         }
-        let meta = std::fs::metadata(p)?;
-        let mode = meta.permissions().mode();
-        if mode & 0o001 == 0 {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o011))?;
+        let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+        let mode = meta.mode();
+        let passes = mode & 0o001 != 0
+            || (mode & 0o010 != 0 && meta.gid() == gid.as_raw())
+            || (mode & 0o100 != 0 && meta.uid() == uid.as_raw());
+        if !passes {
+            bail!(
+                "the compute user (uid {uid}) cannot reach {}: {} has mode {:o}. Choose a \
+                 --data-dir below directories that other users may pass through, or allow it \
+                 with `chmod o+x {}`",
+                dir.display(),
+                p.display(),
+                mode & 0o7777,
+                p.display()
+            );
         }
         parent = p.parent();
     }
     Ok(())
 }
 
-fn chown_recursive(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> anyhow::Result<()> {
+/// Gives `dir` and everything below it to the compute user, makes `dir` private (0700), and
+/// checks the compute user can reach it.
+pub fn hand_to_compute_user(dir: &Path) -> anyhow::Result<()> {
+    let owner = compute_owner()?;
+    if let Some((uid, gid)) = owner {
+        chown_recursive(dir, uid, gid)?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR))
+        .with_context(|| format!("chmod 700 {}", dir.display()))?;
+    check_reachable(dir, owner)
+}
+
+fn chown_recursive(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
     nix::unistd::chown(dir, Some(uid), Some(gid))
         .with_context(|| format!("chown {}", dir.display()))?;
     if dir.is_dir() {
@@ -89,13 +143,25 @@ fn user_args() -> Vec<String> {
     }
 }
 
-/// Initialises an empty data directory with `mariadb-install-db`.
-///
-/// root@localhost gets no password and is reachable only through the unix socket
-/// (`--skip-name-resolve` keeps TCP clients from ever matching `localhost`).
-pub async fn install_db(datadir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(datadir)?;
-    hand_to_mysql_user(datadir)?;
+/// A random administrative password: 32 characters from a 62-letter alphabet (190 bits).
+pub fn new_admin_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// Initialises an empty data directory with `mariadb-install-db`, sealed: the only account
+/// with privileges over the server is `root@localhost`, reachable only through the unix socket
+/// (`--skip-name-resolve` keeps TCP clients from ever matching `localhost`), and it needs
+/// `root_password`, which only doze holds.
+pub async fn install_db(datadir: &Path, root_password: &str) -> anyhow::Result<()> {
+    if !datadir.is_dir() {
+        std::fs::create_dir(datadir).with_context(|| format!("creating {}", datadir.display()))?;
+    }
+    hand_to_compute_user(datadir)?;
     // A private temp dir: the bootstrap server's temporary tables must not live in a /tmp
     // that other programs clean up or share.
     let tmp = private_tmpdir(datadir)?;
@@ -121,17 +187,22 @@ pub async fn install_db(datadir: &Path) -> anyhow::Result<()> {
             tail(&format!("{stdout}\n{stderr}"), 20)
         );
     }
-    restrict_root_to_socket(datadir, &tmp).await
+    seal_root(datadir, root_password).await
 }
 
-/// mariadb-install-db also creates password-less `root@127.0.0.1`, `root@::1` and
-/// `root@<hostname>`: anyone on this machine could log in over TCP. Keep only `root@localhost`
-/// (the unix socket), in a short bootstrap run before the server ever listens.
-async fn restrict_root_to_socket(datadir: &Path, tmp: &Path) -> anyhow::Result<()> {
+/// Keeps only `root@localhost` (mariadb-install-db also creates password-less `root@127.0.0.1`,
+/// `root@::1` and `root@<hostname>`, which anyone on the machine could use over TCP) and sets
+/// its password, in a short bootstrap run while the server does not listen. Also seals a data
+/// directory made by an older doze, whose root had no password.
+pub async fn seal_root(datadir: &Path, root_password: &str) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
+    if !root_password.chars().all(|c| c.is_ascii_alphanumeric()) || root_password.len() < 16 {
+        bail!("the administrative password must be at least 16 letters and digits");
+    }
+    let tmp = private_tmpdir(datadir)?;
     let mariadbd = find_binary("mariadbd")?;
     let mut child = Command::new(&mariadbd)
-        .env("TMPDIR", tmp)
+        .env("TMPDIR", &tmp)
         .arg("--no-defaults")
         .arg("--bootstrap")
         .arg(format!("--datadir={}", datadir.display()))
@@ -142,32 +213,48 @@ async fn restrict_root_to_socket(datadir: &Path, tmp: &Path) -> anyhow::Result<(
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {} --bootstrap", mariadbd.display()))?;
+    // Bootstrap runs without the grant tables loaded, so ALTER USER is refused: the account
+    // row is written directly, in the form MariaDB itself uses.
+    let sql = format!(
+        "DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost';\n\
+         UPDATE mysql.global_priv SET Priv = JSON_SET(Priv, '$.plugin', 'mysql_native_password', \
+         '$.authentication_string', PASSWORD('{root_password}')) \
+         WHERE User = 'root' AND Host = 'localhost';\n"
+    );
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(
-                b"DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost';\n",
-            )
-            .await?;
+        stdin.write_all(sql.as_bytes()).await?;
     }
     let output = child.wait_with_output().await?;
-    if !output.status.success() {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || stderr.contains("ERROR") {
         bail!(
-            "restricting root to the unix socket failed ({}): {}",
+            "sealing the compute's root account failed ({}): {}",
             output.status,
-            tail(&String::from_utf8_lossy(&output.stderr), 20)
+            tail(&stderr, 20)
         );
     }
     Ok(())
 }
 
-/// `<datadir>/../tmp`, created (and handed to the `mysql` user when root): the temp dir of a
-/// server on `datadir`, outside the datadir so it never shows up as a database.
+/// `<datadir>/../tmp`, created private to the compute user: the temp dir of a server on
+/// `datadir`, outside the datadir so it never shows up as a database.
 pub fn private_tmpdir(datadir: &Path) -> anyhow::Result<PathBuf> {
+    sibling_dir(datadir, "tmp")
+}
+
+/// `<datadir>/../files`, created private to the compute user: the server's
+/// `secure_file_priv`, the only directory its file functions may touch (for its own root; roles
+/// have no FILE privilege at all).
+pub fn files_dir(datadir: &Path) -> anyhow::Result<PathBuf> {
+    sibling_dir(datadir, "files")
+}
+
+fn sibling_dir(datadir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let base = datadir.parent().unwrap_or(datadir);
-    let tmp = base.join("tmp");
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    hand_to_mysql_user(&tmp)?;
-    Ok(tmp)
+    let dir = base.join(name);
+    own_dir(&dir, PRIVATE_DIR, compute_owner()?)?;
+    check_reachable(&dir, compute_owner()?)?;
+    Ok(dir)
 }
 
 /// Client connections a compute accepts unless its config says otherwise.
@@ -183,17 +270,22 @@ pub struct ServerSpec {
     pub error_log: PathBuf,
     pub buffer_pool: String,
     pub max_allowed_packet: String,
+    /// The only directory the server's file functions may read and write (`None`: the
+    /// server's default, which is no restriction).
+    pub secure_file_priv: Option<PathBuf>,
     /// Further `--option=value` arguments, appended last so they win.
     pub extra_args: Vec<String>,
 }
 
 impl ServerSpec {
     /// A spec with every file inside `datadir` (the socket too, unless that path is too long
-    /// for a unix socket, in which case it goes to the temp dir).
+    /// for a unix socket, in which case it goes to a private directory in the temp dir).
     pub fn in_datadir(datadir: &Path, port: u16) -> Self {
         let mut socket = datadir.join("mariadbd.sock");
         if socket.as_os_str().len() > 100 {
-            socket = std::env::temp_dir().join(format!("doze-{port}-{}.sock", std::process::id()));
+            socket = std::env::temp_dir()
+                .join(format!("doze-{port}-{}", std::process::id()))
+                .join("mariadbd.sock");
         }
         Self {
             datadir: datadir.to_path_buf(),
@@ -203,6 +295,7 @@ impl ServerSpec {
             error_log: datadir.join("mariadbd.err"),
             buffer_pool: "32M".to_owned(),
             max_allowed_packet: "64M".to_owned(),
+            secure_file_priv: None,
             extra_args: Vec::new(),
         }
     }
@@ -219,6 +312,9 @@ impl ServerSpec {
             format!("--log-error={}", self.error_log.display()),
             "--skip-name-resolve".to_owned(),
             "--skip-log-bin".to_owned(),
+            // DATA/INDEX DIRECTORY would let a role put table files in any directory the
+            // compute user can write, another compute's datadir included.
+            "--skip-symbolic-links".to_owned(),
             "--performance-schema=OFF".to_owned(),
             format!("--innodb-buffer-pool-size={}", self.buffer_pool),
             format!("--max-allowed-packet={}", self.max_allowed_packet),
@@ -230,6 +326,9 @@ impl ServerSpec {
             // whole second later. Queue as many as the compute accepts.
             format!("--back-log={DEFAULT_MAX_CONNECTIONS}"),
         ];
+        if let Some(files) = &self.secure_file_priv {
+            args.push(format!("--secure-file-priv={}", files.display()));
+        }
         args.extend(user_args());
         args.extend(self.extra_args.iter().cloned());
         args
@@ -240,8 +339,14 @@ impl ServerSpec {
     pub fn spawn(&self) -> anyhow::Result<Child> {
         let mariadbd = find_binary("mariadbd")?;
         let mut cmd = Command::new(&mariadbd);
-        if let Ok(tmp) = private_tmpdir(&self.datadir) {
-            cmd.env("TMPDIR", tmp);
+        cmd.env("TMPDIR", private_tmpdir(&self.datadir)?);
+        if let Some(dir) = self.socket.parent()
+            && dir != self.datadir
+        {
+            own_dir(dir, PRIVATE_DIR, compute_owner()?)?;
+        }
+        if let Some(files) = &self.secure_file_priv {
+            own_dir(files, PRIVATE_DIR, compute_owner()?)?;
         }
         let child = cmd
             .args(self.args())

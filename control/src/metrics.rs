@@ -15,6 +15,10 @@ pub const WAKES_COALESCED: &str = "doze_wakes_coalesced_total";
 pub const COMPUTES: &str = "doze_computes";
 /// Counter, label `reason` = idle | api | shutdown | deleted: computes suspended.
 pub const SUSPENDS: &str = "doze_suspends_total";
+/// Counter: computes recorded as running that the scheduler found dead (crashed, killed).
+pub const COMPUTES_LOST: &str = "doze_computes_lost_total";
+/// Counter: idle suspends skipped because clients were connected to the compute directly.
+pub const DIRECT_SESSIONS_SEEN: &str = "doze_idle_suspends_skipped_direct_sessions_total";
 
 /// Bucket boundaries (seconds) of both duration histograms: 1 ms .. 30 s.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -48,6 +52,14 @@ pub fn describe() {
     );
     metrics::describe_gauge!(COMPUTES, "Computes per state");
     metrics::describe_counter!(SUSPENDS, "Computes suspended, by reason");
+    metrics::describe_counter!(
+        COMPUTES_LOST,
+        "Computes recorded as running that the scheduler found dead"
+    );
+    metrics::describe_counter!(
+        DIRECT_SESSIONS_SEEN,
+        "Idle suspends skipped because clients were connected to the compute directly"
+    );
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! The auto-suspend scheduler: every `check_interval`, suspend running computes whose project
-//! has had no open session and no traffic for its idle timeout (reason "idle").
+//! The scheduler: every `check_interval`, first notice computes recorded as running that have
+//! died (crashed, killed: marked suspended with reason "lost", so the next connection starts
+//! them again), then suspend running computes whose project has had no open session, no
+//! traffic and no client connected to the compute directly for its idle timeout (reason
+//! "idle").
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +12,7 @@ use std::time::Duration;
 use crate::ControlPlane;
 use crate::activity::now_ms;
 use crate::error::ControlError;
+use crate::metrics as m;
 use crate::store::ComputeState;
 
 pub(crate) fn spawn(plane: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
@@ -21,6 +25,9 @@ pub(crate) fn spawn(plane: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             if plane.shutting_down.load(Ordering::SeqCst) {
                 break;
+            }
+            if let Err(e) = plane.find_lost().await {
+                tracing::warn!(error = %format!("{e:#}"), "liveness check failed");
             }
             if let Err(e) = plane.suspend_idle().await {
                 tracing::warn!(error = %format!("{e:#}"), "idle check failed");
@@ -35,6 +42,63 @@ impl ControlPlane {
         match config.get("idle_timeout").and_then(|v| v.as_f64()) {
             Some(secs) if secs >= 0.0 => Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX),
             _ => self.cfg.idle_timeout,
+        }
+    }
+
+    /// Finds computes recorded as running whose server is gone and records them suspended
+    /// (event reason "lost"), so that state, metrics and the address cache stop pointing at a
+    /// dead address and the next connection starts the compute again. Returns how many.
+    pub async fn find_lost(&self) -> anyhow::Result<usize> {
+        let mut lost = 0;
+        for c in self.store.list_computes().await? {
+            if c.state != ComputeState::Running || self.driver.is_alive(&c.project_id) {
+                continue;
+            }
+            let slot = self.slot(&c.project_id);
+            let _guard = slot.lock.lock().await;
+            let Some(current) = self.store.compute_for_project(&c.project_id).await? else {
+                continue;
+            };
+            if current.state != ComputeState::Running || self.driver.is_alive(&c.project_id) {
+                continue;
+            }
+            self.wake_cache.invalidate(&c.project_id);
+            let _ = self.driver.stop(&c.project_id).await;
+            self.transition_with_error(
+                &current,
+                ComputeState::Suspended,
+                "the compute's server exited while it was recorded as running",
+                "lost",
+            )
+            .await?;
+            metrics::counter!(m::COMPUTES_LOST).increment(1);
+            tracing::warn!(project_id = %c.project_id, compute_id = %c.id,
+                "compute found dead; marked suspended (the next connection starts it again)");
+            lost += 1;
+        }
+        Ok(lost)
+    }
+
+    /// True when clients are connected to the compute directly, bypassing doze. Counts as
+    /// activity: such sessions are never cut by an idle suspend.
+    async fn has_direct_sessions(&self, project_id: &str) -> bool {
+        match self.driver.client_sessions(project_id).await {
+            Ok(0) => false,
+            Ok(n) => {
+                tracing::debug!(
+                    project_id,
+                    sessions = n,
+                    "clients connected to the compute directly; not idle"
+                );
+                metrics::counter!(m::DIRECT_SESSIONS_SEEN).increment(1);
+                self.activity.project(project_id).touch();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(project_id, error = %format!("{e:#}"),
+                    "cannot read the compute's process list; treating it as idle");
+                false
+            }
         }
     }
 
@@ -69,7 +133,9 @@ impl ControlPlane {
                 .unwrap_or(0)
                 .max(u64::try_from(c.updated_at).unwrap_or(0));
             let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-            if now.saturating_sub(last_active) < idle_ms {
+            if now.saturating_sub(last_active) < idle_ms
+                || self.has_direct_sessions(&c.project_id).await
+            {
                 continue;
             }
             match self.suspend_project(&c.project_id, "idle", true).await {

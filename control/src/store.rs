@@ -70,6 +70,12 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             PRIMARY KEY (project_id, name)
         )"],
     ),
+    (
+        3,
+        // Roles used to be granted ALL PRIVILEGES ON *.*; re-create every role with the
+        // database-owner privilege list at its compute's next start (or adoption).
+        &["UPDATE computes SET roles_dirty = 1"],
+    ),
 ];
 
 /// A compute's lifecycle state.
@@ -632,9 +638,14 @@ fn normalise_dsn(dsn: &str) -> anyhow::Result<(String, bool, bool)> {
     if let Some(parent) = Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    make_private(Path::new(path))?;
     let query = match query {
         Some(q) if q.contains("mode=") => q.to_owned(),
         Some(q) => format!("{q}&mode=rwc"),
@@ -643,15 +654,61 @@ fn normalise_dsn(dsn: &str) -> anyhow::Result<(String, bool, bool)> {
     Ok((format!("sqlite://{path}?{query}"), true, false))
 }
 
-/// A DSN with any password replaced by `***`, for messages.
-pub fn redact_dsn(dsn: &str) -> String {
-    if let Some((scheme, rest)) = dsn.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
-        && let Some((user, _)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
+/// The SQLite file holds every role's password hash: it and its WAL and shared-memory files
+/// are readable by doze's user only. The file is created 0600 before SQLite opens it (SQLite
+/// gives the WAL and SHM files the mode of the database file), and files left by an older
+/// doze with wider modes are narrowed.
+fn make_private(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| format!("creating {}", db.display()))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        if file.exists() {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod 600 {}", file.display()))?;
+        }
     }
-    dsn.to_owned()
+    Ok(())
+}
+
+/// A DSN with any password replaced by `***`, for messages and logs: the password of the
+/// user-info part (`user:pw@host`, split at the last `@`, since a password may contain one)
+/// and a `password=` query parameter.
+pub fn redact_dsn(dsn: &str) -> String {
+    let (base, query) = match dsn.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (dsn, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -672,5 +729,10 @@ mod tests {
             redact_dsn("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
         );
+        assert_eq!(
+            redact_dsn("postgres://u:p@ss@h/db?sslmode=require&password=x2"),
+            "postgres://u:***@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(redact_dsn("sqlite://./s.db"), "sqlite://./s.db");
     }
 }

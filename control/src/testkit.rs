@@ -13,12 +13,24 @@ use tokio::process::{Child, Command};
 
 use crate::mariadb::{self, ServerSpec};
 
-/// A private mariadbd. root has no password and is reachable through [`MariaDb::root`] only.
+/// A private mariadbd, sealed as doze seals computes: root has a random password and is
+/// reachable through [`MariaDb::root`] (the unix socket) only.
 pub struct MariaDb {
     child: Child,
     pub port: u16,
     pub spec: ServerSpec,
+    root_password: String,
     _dir: TempDir,
+}
+
+/// A temp dir that the compute user may pass through (0711) but not list: what a test needs
+/// as the parent of a data directory when it runs as root and computes run as `mysql`. doze
+/// never widens a directory it did not create; tests widen their own.
+pub fn scratch_dir(prefix: &str) -> anyhow::Result<TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
 }
 
 impl MariaDb {
@@ -29,9 +41,10 @@ impl MariaDb {
 
     /// As [`MariaDb::start`], with extra `--option=value` arguments for mariadbd.
     pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("doze-mdb-").tempdir()?;
+        let dir = scratch_dir("doze-mdb-")?;
         let datadir = dir.path().join("data");
-        mariadb::install_db(&datadir).await?;
+        let root_password = mariadb::new_admin_password();
+        mariadb::install_db(&datadir, &root_password).await?;
         let mut last_err = None;
         for _ in 0..3 {
             let port = mariadb::free_port()?;
@@ -51,6 +64,7 @@ impl MariaDb {
                         child,
                         port,
                         spec,
+                        root_password,
                         _dir: dir,
                     });
                 }
@@ -74,7 +88,8 @@ impl MariaDb {
             .ip_or_hostname("localhost")
             .socket(Some(self.spec.socket.to_string_lossy().into_owned()))
             .prefer_socket(true)
-            .user(Some("root"));
+            .user(Some("root"))
+            .pass(Some(self.root_password.clone()));
         mysql_async::Conn::new(opts)
             .await
             .context("connecting to the test mariadbd as root over its socket")

@@ -399,6 +399,9 @@ impl ControlPlane {
                         "adopted",
                     )
                     .await?;
+                    if c.roles_dirty {
+                        self.sync_adopted_roles(&c.project_id).await;
+                    }
                 }
                 None if matches!(
                     c.state,
@@ -449,7 +452,7 @@ impl ControlPlane {
         self.apply_transition(c, &t).await
     }
 
-    async fn transition_with_error(
+    pub(crate) async fn transition_with_error(
         &self,
         c: &Compute,
         to: ComputeState,
@@ -482,6 +485,27 @@ impl ControlPlane {
                 *v += delta;
                 metrics::gauge!(m::COMPUTES, "state" => state.as_str()).set(*v as f64);
             }
+        }
+    }
+
+    /// Brings an adopted compute's accounts up to date (roles changed while doze was down, or
+    /// a doze upgrade changed what a role is granted). A failure leaves them marked for the
+    /// next start.
+    async fn sync_adopted_roles(&self, project_id: &str) {
+        let applied = async {
+            let sync = self.role_sync(project_id).await?;
+            self.driver
+                .apply_roles(project_id, &[RoleOp::Sync(sync.clone())])
+                .await?;
+            self.store.set_roles_dirty(project_id, false).await?;
+            self.store
+                .clear_role_tombstones(project_id, &sync.drop)
+                .await
+        }
+        .await;
+        if let Err(e) = applied {
+            tracing::warn!(project_id, error = %format!("{e:#}"),
+                "synchronising the roles of an adopted compute failed; retried at its next start");
         }
     }
 

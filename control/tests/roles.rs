@@ -68,16 +68,15 @@ async fn role_changes_while_suspended_apply_before_the_next_wake_returns() {
     let (pid, cid) = env.project_with_compute("roles", "app", "old-pw").await;
     let info = plane.wake(&pid).await.expect("wake");
     assert_eq!(select_one(&info.address, "app", "old-pw").await, 1);
-    // An account the application made itself is not doze's to remove.
-    let mut conn = connect(&info.address, "app", "old-pw")
-        .await
-        .expect("connect");
+    // An account doze did not make (roles cannot create accounts; an operator can, as root)
+    // is not doze's to remove.
+    let mut conn = root_of(plane, &pid).await;
     mysql_async::prelude::Queryable::query_drop(
         &mut conn,
         "CREATE USER 'own'@'%' IDENTIFIED BY 'own-pw'",
     )
     .await
-    .expect("a role may create users");
+    .expect("root may create users");
     conn.disconnect().await.ok();
     plane
         .create_role(&pid, "doomed", "doomed-pw")
@@ -221,6 +220,12 @@ async fn root_is_reachable_over_the_socket_only() {
     let mut conn = connect(&info.address, "app", "app-pw")
         .await
         .expect("connect");
+    let denied = mysql_async::prelude::Queryable::query_drop(&mut conn, "SELECT * FROM mysql.user")
+        .await
+        .expect_err("a role cannot read the accounts");
+    assert!(denied.to_string().contains("1142"), "{denied}");
+    conn.disconnect().await.ok();
+    let mut conn = root_of(plane, &pid).await;
     let users: Vec<(String, String)> = mysql_async::prelude::Queryable::query(
         &mut conn,
         "SELECT CONVERT(User USING utf8mb4), CONVERT(Host USING utf8mb4) FROM mysql.user ORDER BY 1, 2",

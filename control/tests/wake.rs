@@ -300,10 +300,7 @@ async fn a_compute_that_cannot_start_fails_with_its_log_and_is_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_doze_adopts_running_computes_and_never_starts_twice() {
-    let dir = tempfile::Builder::new()
-        .prefix("doze-ctl-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = doze_control::testkit::scratch_dir("doze-ctl-").expect("tempdir");
     restart_scenario(config(&dir)).await;
 }
 
@@ -312,10 +309,7 @@ async fn a_restarted_doze_adopts_running_computes_on_postgres() {
     let pg = doze_control::testkit::Postgres::start()
         .await
         .expect("postgres");
-    let dir = tempfile::Builder::new()
-        .prefix("doze-ctl-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = doze_control::testkit::scratch_dir("doze-ctl-").expect("tempdir");
     let cfg = doze_control::ControlConfig {
         db_dsn: pg.dsn(),
         ..config(&dir)

@@ -1,5 +1,5 @@
-//! Phase 0: the listening socket and the accept loop, with the global connection limit and the
-//! graceful drain on shutdown.
+//! Phase 0: the listening socket and the accept loop, with the login budget (see
+//! [`crate::limits`]) and the graceful drain on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ProxyConfig;
 use crate::connection::{self, Shared};
@@ -53,7 +52,6 @@ where
     C: Control + Clone,
     F: Future<Output = ()>,
 {
-    let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
     let tracker = TaskTracker::new();
     let ids = AtomicU32::new(1);
     tokio::pin!(shutdown);
@@ -63,7 +61,7 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let id = ids.fetch_add(1, Ordering::Relaxed);
-                    admit(&shared, &limit, &tracker, stream, peer, id);
+                    admit(&shared, &tracker, stream, peer, id);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -79,7 +77,6 @@ where
 
 fn admit<C: Control + Clone>(
     shared: &Arc<Shared<C>>,
-    limit: &Arc<Semaphore>,
     tracker: &TaskTracker,
     stream: TcpStream,
     peer: SocketAddr,
@@ -87,21 +84,24 @@ fn admit<C: Control + Clone>(
 ) {
     metrics::accepted();
     tune(&stream);
-    let Ok(permit) = Arc::clone(limit).try_acquire_owned() else {
-        metrics::closed("too_many_connections");
-        tracker.spawn(refuse_over_limit(stream));
-        return;
+    let slot = match shared.limits.login_slot(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            let error = ProxyError::LoginBudget(refused);
+            metrics::closed(error.reason());
+            debug!(%peer, "refused at accept: {error}");
+            tracker.spawn(refuse(stream, error));
+            return;
+        }
     };
     let shared = Arc::clone(shared);
-    tracker.spawn(async move {
-        connection::handle(shared, stream, peer, id).await;
-        drop(permit);
-    });
+    tracker.spawn(connection::handle(shared, stream, peer, id, slot));
 }
 
-/// Answers a connection over the limit with ERR 1040 in place of a greeting, as MariaDB does.
-async fn refuse_over_limit(mut stream: TcpStream) {
-    if let Some(err) = ProxyError::TooManyConnections("").to_err_packet() {
+/// Answers a refused connection with an ERR in place of a greeting, as MariaDB does, and
+/// closes it (at most a second is spent on a client that does not read).
+async fn refuse(mut stream: TcpStream, error: ProxyError) {
+    if let Some(err) = error.to_err_packet() {
         let _ = tokio::time::timeout(Duration::from_secs(1), send_err(&mut stream, 0, &err)).await;
     }
 }

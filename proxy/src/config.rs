@@ -19,10 +19,25 @@ pub struct ProxyConfig {
     pub sni_suffix: Option<String>,
     /// Version string in the greeting. MariaDB 10.x clients strip the `5.5.5-` prefix.
     pub server_version: String,
+    /// The whole connection phase (greeting to authenticated) must finish within this.
     pub handshake_timeout: Duration,
+    /// The client's first packet (its login request or SSLRequest) must arrive within this:
+    /// a silent socket is closed long before the whole handshake timeout.
+    pub first_packet_timeout: Duration,
+    /// Connections still in the connection phase, all clients together. They are counted apart
+    /// from sessions, so silent sockets can never take an authenticated client's slot.
+    pub max_pending_logins: usize,
+    /// Connections still in the connection phase from one client address, enforced once half
+    /// of `max_pending_logins` is taken.
+    pub max_pending_logins_per_ip: usize,
+    /// Delays of answers to logins after failed passwords (per role and per client address).
+    pub auth_backoff: crate::throttle::Backoff,
     pub connect_timeout: Duration,
+    /// The compute must answer doze's login within this once connected; then the address is
+    /// dropped, the compute's liveness checked and the client told, instead of a hang.
+    pub backend_login_timeout: Duration,
     pub wake_timeout: Duration,
-    /// Connections open at once, all projects together.
+    /// Authenticated sessions open at once, all projects together.
     pub max_connections: usize,
     /// Connections open at once for one project (0 = no limit).
     pub max_connections_per_project: u64,
@@ -45,7 +60,12 @@ impl Default for ProxyConfig {
             sni_suffix: None,
             server_version: DEFAULT_SERVER_VERSION.to_owned(),
             handshake_timeout: Duration::from_secs(10),
+            first_packet_timeout: Duration::from_secs(3),
+            max_pending_logins: 4096,
+            max_pending_logins_per_ip: 64,
+            auth_backoff: crate::throttle::Backoff::default(),
             connect_timeout: Duration::from_secs(5),
+            backend_login_timeout: Duration::from_secs(5),
             wake_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_project: 0,

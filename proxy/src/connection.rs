@@ -21,29 +21,54 @@ use crate::config::ProxyConfig;
 use crate::control::Control;
 use crate::error::ProxyError;
 use crate::handshake::{self, ClientHello};
+use crate::limits::{Limits, LoginSlot};
 use crate::metrics;
+use crate::names;
 use crate::relay::{self, End, change_user::AuthState, change_user::SessionAuth};
 use crate::route::{self, Route};
 use crate::stream::{ClientStream, send_err, write_payload};
+use crate::throttle::{self, Throttle};
 
-/// What every connection shares: settings and the control plane.
+/// What every connection shares: settings, the control plane, the connection budgets and the
+/// failed-login records.
 pub struct Shared<C> {
     pub cfg: ProxyConfig,
     pub control: C,
+    pub limits: Limits,
+    pub throttle: Throttle,
 }
 
-/// Runs one connection to its end, logging and counting how it ended.
+impl<C> Shared<C> {
+    pub fn new(cfg: ProxyConfig, control: C) -> Self {
+        let limits = Limits::new(
+            cfg.max_pending_logins,
+            cfg.max_pending_logins_per_ip,
+            cfg.max_connections,
+        );
+        let throttle = Throttle::new(cfg.auth_backoff);
+        Self {
+            cfg,
+            control,
+            limits,
+            throttle,
+        }
+    }
+}
+
+/// Runs one connection to its end, logging and counting how it ended. `login_slot` is given
+/// back once the client has authenticated (or failed to).
 pub async fn handle<C: Control + Clone>(
     shared: Arc<Shared<C>>,
     tcp: TcpStream,
     peer: SocketAddr,
     id: u32,
+    login_slot: LoginSlot,
 ) {
     let span = info_span!("conn", id, %peer, project = field::Empty, user = field::Empty);
     async move {
         let _active = metrics::ActiveGuard::new();
         let started = Instant::now();
-        match run(&shared, tcp, peer, id).await {
+        match run(&shared, tcp, peer, id, login_slot).await {
             Ok(end) => {
                 metrics::closed(end.reason());
                 info!(
@@ -86,13 +111,23 @@ async fn run<C: Control + Clone>(
     tcp: TcpStream,
     peer: SocketAddr,
     id: u32,
+    login_slot: LoginSlot,
 ) -> Result<End, ProxyError> {
     let cfg = &shared.cfg;
     let local = tcp.local_addr().ok();
     let started = Instant::now();
-    let login = tokio::time::timeout(cfg.handshake_timeout, login_client(shared, tcp, id));
+    let login = tokio::time::timeout(cfg.handshake_timeout, login_client(shared, tcp, peer, id));
     let mut client = login.await.map_err(|_| ProxyError::HandshakeTimeout)??;
+    drop(login_slot);
     metrics::handshake_duration().record(started.elapsed().as_secs_f64());
+    let Some(_session_slot) = shared.limits.session_slot() else {
+        return fail(
+            client.stream,
+            client.next_seq,
+            ProxyError::TooManyConnections(""),
+        )
+        .await;
+    };
     let activity = shared.control.activity(&client.project_id);
     if let Err(e) = check_project_limit(cfg, &activity) {
         return fail(client.stream, client.next_seq, e).await;
@@ -116,6 +151,7 @@ async fn run<C: Control + Clone>(
 async fn login_client<C: Control>(
     shared: &Shared<C>,
     tcp: TcpStream,
+    peer: SocketAddr,
     id: u32,
 ) -> Result<Authenticated, ProxyError> {
     let cfg = &shared.cfg;
@@ -145,8 +181,8 @@ async fn login_client<C: Control>(
         return fail(stream, next_seq, ProxyError::NoProject).await;
     };
     let span = tracing::Span::current();
-    span.record("project", route.project_key.as_str());
-    span.record("user", route.user.as_str());
+    span.record("project", names::for_log(&route.project_key));
+    span.record("user", names::for_log(&route.user));
     let lookup = match shared
         .control
         .lookup_role(&route.project_key, &route.user)
@@ -162,6 +198,19 @@ async fn login_client<C: Control>(
         plugin: response.auth_plugin.as_deref(),
         token: &response.auth_response,
     };
+    let who = throttle::Attempt {
+        ip: peer.ip(),
+        project_id: &lookup.project_id,
+        user: &route.user,
+    };
+    let wait = shared.throttle.wait_before_check(who);
+    if !wait.is_zero() {
+        debug!(
+            ms = wait.as_millis() as u64,
+            "delaying the answer after failed logins"
+        );
+        tokio::time::sleep(wait).await;
+    }
     let checked = auth::authenticate(
         &mut stream,
         &mut next_seq,
@@ -176,10 +225,12 @@ async fn login_client<C: Control>(
         Err(e) => {
             if matches!(e, ProxyError::AccessDenied { .. }) {
                 metrics::auth_failure("bad_password");
+                shared.throttle.failed(who);
             }
             return fail(stream, next_seq, e).await;
         }
     };
+    shared.throttle.succeeded(who);
     debug!(via = route.via, "authenticated");
     Ok(Authenticated {
         stream,
@@ -226,20 +277,46 @@ async fn connect_backend<C: Control>(
     loop {
         let wake = wake(shared, &client.project_id).await?;
         let started = Instant::now();
-        match backend::connect(&wake.address, cfg.connect_timeout).await {
-            Ok(tcp) => {
-                let backend = backend::login(tcp, &login).await?;
-                metrics::backend_login().record(started.elapsed().as_secs_f64());
-                return Ok(backend);
-            }
+        let tcp = match backend::connect(&wake.address, cfg.connect_timeout).await {
+            Ok(tcp) => tcp,
             Err(e) if !retried => {
                 warn!(compute = %wake.compute_id, "compute refused the connection ({e}); waking again");
                 shared.control.invalidate(&client.project_id);
                 retried = true;
+                continue;
             }
             Err(e) => return Err(ProxyError::BackendConnect(e)),
+        };
+        let timeout = cfg.backend_login_timeout;
+        match tokio::time::timeout(timeout, backend::login(tcp, &login)).await {
+            Ok(logged_in) => {
+                let backend = logged_in?;
+                metrics::backend_login().record(started.elapsed().as_secs_f64());
+                return Ok(backend);
+            }
+            Err(_) => {
+                warn!(compute = %wake.compute_id, "the compute did not answer the login within {timeout:?}; checking it");
+                shared.control.invalidate(&client.project_id);
+                if retried || !restarted(shared, client, &wake.address).await? {
+                    return Err(ProxyError::BackendLoginTimeout(timeout));
+                }
+                retried = true;
+            }
         }
     }
+}
+
+/// After a compute did not answer a login: wakes the project again (which checks that the
+/// compute lives and starts it when it does not) and says whether it now has another address,
+/// i.e. whether a second login is worth trying. A compute that lives but does not answer gets
+/// no second wait.
+async fn restarted<C: Control>(
+    shared: &Shared<C>,
+    client: &Authenticated,
+    stuck: &str,
+) -> Result<bool, ProxyError> {
+    let again = wake(shared, &client.project_id).await?;
+    Ok(again.address != stuck)
 }
 
 /// Phase 4: the compute's address, bounded by the wake timeout.

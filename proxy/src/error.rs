@@ -7,6 +7,9 @@
 use doze_control::gateway::{LookupError, WakeError};
 use doze_protocol::{ErrPacket, ProtocolError};
 
+use crate::limits::Refused;
+use crate::names;
+
 /// Everything that can end a client connection before or during the relay.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -16,6 +19,13 @@ pub enum ProxyError {
     ClientProtocol(#[source] ProtocolError),
     #[error("client did not complete the handshake in time")]
     HandshakeTimeout,
+    #[error("client sent nothing within the first-packet timeout")]
+    FirstPacketTimeout,
+    #[error("too many connections logging in ({})", match .0 {
+        Refused::Overall => "all clients",
+        Refused::ThisAddress => "from this address",
+    })]
+    LoginBudget(Refused),
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] std::io::Error),
     #[error("TLS is required")]
@@ -24,11 +34,11 @@ pub enum ProxyError {
     ClientTooOld,
     #[error("no project named in the connection")]
     NoProject,
-    #[error("unknown project '{0}'")]
+    #[error("unknown project {}", names::for_log(.0))]
     UnknownProject(String),
     #[error("control plane unavailable: {0}")]
     ControlUnavailable(String),
-    #[error("access denied for user '{user}'")]
+    #[error("access denied for user {}", names::for_log(user))]
     AccessDenied { user: String },
     #[error("too many connections{0}")]
     TooManyConnections(&'static str),
@@ -40,6 +50,8 @@ pub enum ProxyError {
     BackendConnect(#[source] std::io::Error),
     #[error("backend I/O: {0}")]
     BackendIo(#[source] std::io::Error),
+    #[error("the compute did not answer the login within {0:?}")]
+    BackendLoginTimeout(std::time::Duration),
     #[error("backend sent a malformed packet: {0}")]
     BackendProtocol(#[source] ProtocolError),
     /// The backend answered the login with an ERR (unknown database, too many connections...):
@@ -61,6 +73,8 @@ impl ProxyError {
             ProxyError::ClientIo(_) => "client_io",
             ProxyError::ClientProtocol(_) => "client_protocol",
             ProxyError::HandshakeTimeout => "handshake_timeout",
+            ProxyError::FirstPacketTimeout => "first_packet_timeout",
+            ProxyError::LoginBudget(_) => "too_many_logins",
             ProxyError::Tls(_) => "tls",
             ProxyError::TlsRequired => "tls_required",
             ProxyError::ClientTooOld => "client_too_old",
@@ -73,6 +87,7 @@ impl ProxyError {
             ProxyError::WakeTimeout(_) => "wake_timeout",
             ProxyError::BackendConnect(_) => "backend_connect",
             ProxyError::BackendIo(_) => "backend_io",
+            ProxyError::BackendLoginTimeout(_) => "backend_login_timeout",
             ProxyError::BackendProtocol(_) => "backend_protocol",
             ProxyError::BackendErr(_) => "backend_rejected",
             ProxyError::BackendIncompatible(_) => "backend_incompatible",
@@ -85,9 +100,24 @@ impl ProxyError {
     /// socket failed, or it never spoke the protocol far enough to read an error).
     pub fn to_err_packet(&self) -> Option<ErrPacket> {
         let (code, state, message): (u16, &str, String) = match self {
-            ProxyError::ClientIo(_) | ProxyError::Tls(_) | ProxyError::HandshakeTimeout => {
+            ProxyError::ClientIo(_)
+            | ProxyError::Tls(_)
+            | ProxyError::HandshakeTimeout
+            | ProxyError::FirstPacketTimeout => {
                 return None;
             }
+            ProxyError::LoginBudget(Refused::ThisAddress) => (
+                1040,
+                "08004",
+                "doze: too many connections from your address are still logging in; finish or \
+                 close them, then try again"
+                    .to_owned(),
+            ),
+            ProxyError::LoginBudget(Refused::Overall) => (
+                1040,
+                "08004",
+                "doze: too many connections are logging in right now; try again shortly".to_owned(),
+            ),
             ProxyError::ClientProtocol(e) => (
                 1043,
                 "08S01",
@@ -112,7 +142,10 @@ impl ProxyError {
             ProxyError::UnknownProject(p) => (
                 1049,
                 "42000",
-                format!("doze: unknown project '{p}'; check the project name or id (doze project list)"),
+                format!(
+                    "doze: unknown project '{}'; check the project name or id (doze project list)",
+                    names::for_message(p)
+                ),
             ),
             ProxyError::ControlUnavailable(_) => (
                 1105,
@@ -122,7 +155,10 @@ impl ProxyError {
             ProxyError::AccessDenied { user } => (
                 1045,
                 "28000",
-                format!("Access denied for user '{user}' (using password: YES)"),
+                format!(
+                    "Access denied for user '{}' (using password: YES)",
+                    names::for_message(user)
+                ),
             ),
             ProxyError::TooManyConnections(scope) => (
                 1040,
@@ -139,6 +175,15 @@ impl ProxyError {
                 2013,
                 "HY000",
                 "doze: lost connection to the project's compute; try again".to_owned(),
+            ),
+            ProxyError::BackendLoginTimeout(timeout) => (
+                1105,
+                "HY000",
+                format!(
+                    "doze: the project's compute did not answer the login within {}s; it may be \
+                     overloaded or stuck. Try again; if it persists, suspend and resume the compute",
+                    timeout.as_secs_f64()
+                ),
             ),
             ProxyError::BackendProtocol(_) => (
                 1105,
@@ -165,6 +210,8 @@ impl ProxyError {
             ProxyError::ClientIo(_)
                 | ProxyError::ClientProtocol(_)
                 | ProxyError::HandshakeTimeout
+                | ProxyError::FirstPacketTimeout
+                | ProxyError::LoginBudget(_)
                 | ProxyError::Tls(_)
                 | ProxyError::TlsRequired
                 | ProxyError::ClientTooOld
@@ -214,6 +261,21 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    #[test]
+    fn client_names_are_escaped_and_cut_in_messages_and_logs() {
+        let user = format!("a\nb{}", "x".repeat(60_000));
+        let e = ProxyError::AccessDenied { user };
+        let packet = e.to_err_packet().expect("packet");
+        assert!(packet.message.len() < 200, "{}", packet.message.len());
+        assert!(!packet.message.contains('\n'));
+        let logged = e.to_string();
+        assert!(logged.len() < 200 && !logged.contains('\n'), "{logged}");
+        let unknown = ProxyError::UnknownProject("p\r\n".into());
+        assert!(!unknown.to_string().contains('\n'));
+        let m = unknown.to_err_packet().expect("packet").message;
+        assert!(m.contains("p\\r\\n"), "{m}");
     }
 
     #[test]

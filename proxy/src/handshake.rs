@@ -54,9 +54,15 @@ pub async fn client_handshake(
     if let Err(e) = write_payload(&mut tcp, 0, &greeting).await {
         return Err(Failed::new(None, 0, ProxyError::ClientIo(e)));
     }
-    let first = match read_packet(&mut tcp, MAX_HANDSHAKE_PACKET).await {
-        Ok(p) => p,
-        Err(e) => {
+    let first = tokio::time::timeout(
+        cfg.first_packet_timeout,
+        read_packet(&mut tcp, MAX_HANDSHAKE_PACKET),
+    )
+    .await;
+    let first = match first {
+        Err(_) => return Err(Failed::new(None, 0, ProxyError::FirstPacketTimeout)),
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
             return Err(Failed::new(
                 Some(ClientStream::Plain(tcp)),
                 2,

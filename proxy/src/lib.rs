@@ -14,12 +14,15 @@ pub mod connection;
 pub mod control;
 pub mod error;
 pub mod handshake;
+pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod static_routes;
 pub mod stream;
+pub mod throttle;
 pub mod tls;
 
 pub use config::ProxyConfig;

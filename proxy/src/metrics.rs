@@ -11,6 +11,7 @@
 //! | `doze_proxy_backend_login_seconds` | histogram | | backend connect + login |
 //! | `doze_proxy_bytes_total` | counter | `direction` (`client_to_backend`, `backend_to_client`) | bytes relayed |
 //! | `doze_proxy_auth_failures_total` | counter | `reason` (`bad_password`, `unknown_project`, `no_project`) | refused logins |
+//! | `doze_proxy_auth_throttled_total` | counter | | logins whose answer was delayed after failed passwords |
 
 use std::sync::OnceLock;
 
@@ -49,6 +50,10 @@ pub fn closed(reason: &'static str) {
 
 pub fn auth_failure(reason: &'static str) {
     counter!("doze_proxy_auth_failures_total", "reason" => reason).increment(1);
+}
+
+pub fn auth_throttled() {
+    counter!("doze_proxy_auth_throttled_total").increment(1);
 }
 
 pub fn handshake_duration() -> Histogram {

@@ -22,10 +22,7 @@ struct Env {
 }
 
 async fn env(tweak: impl FnOnce(&mut ControlConfig)) -> Env {
-    let dir = tempfile::Builder::new()
-        .prefix("doze-life-")
-        .tempdir()
-        .unwrap();
+    let dir = doze_control::testkit::scratch_dir("doze-life-").unwrap();
     let mut cfg = ControlConfig {
         db_dsn: format!("sqlite://{}/state.db", dir.path().display()),
         data_dir: dir.path().join("data"),

@@ -1,9 +1,19 @@
 //! The local driver: one `mariadbd` process per running compute on this machine.
 //!
-//! Storage of a project lives in `<data_dir>/projects/<project_id>/data`. Each start gets a
-//! fresh free port on 127.0.0.1; the unix socket (root's admin access, no password) sits in the
-//! datadir. Ready means a MySQL greeting on the port. Stop is SIGTERM (clean InnoDB shutdown)
-//! and SIGKILL after the grace period.
+//! Layout of a project, and who may enter what (doze as root, computes as `mysql`):
+//!
+//! ```text
+//! <data_dir>/                    doze    0711 (0700 when doze is not root)
+//!   projects/                    doze    0711
+//!     <project_id>/              doze    0711
+//!       admin.secret             doze    0600  the compute's root password, held by doze only
+//!       data/                    mysql   0700  the MariaDB datadir, with the unix socket
+//!       tmp/                     mysql   0700  the server's TMPDIR
+//!       files/                   mysql   0700  secure_file_priv
+//! ```
+//!
+//! Each start gets a fresh free port on 127.0.0.1. Ready means a MySQL greeting on the port.
+//! Stop is SIGTERM (clean InnoDB shutdown) and SIGKILL after the grace period.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,51 +26,8 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 
 use super::{BoxFuture, ComputeDriver, ComputeSpec, RoleOp, Running};
-use crate::mariadb::{self, ServerSpec};
+use crate::mariadb::{self, ServerSpec, TRAVERSE_ONLY_DIR};
 use crate::roles::{self, RESERVED_ROLE_NAMES};
-
-/// Options doze sets itself; a compute config may not override them.
-const PROTECTED_OPTIONS: &[&str] = &[
-    "datadir",
-    "port",
-    "socket",
-    "bind-address",
-    "user",
-    "pid-file",
-    "log-error",
-    "init-file",
-    "no-defaults",
-    "defaults-file",
-    "defaults-extra-file",
-    "skip-grant-tables",
-    "plugin-dir",
-    "plugin-load",
-    "plugin-load-add",
-    "skip-networking",
-];
-
-/// Option names containing any of these are refused too: they would let an admin API caller
-/// make the server read or write arbitrary files, load code, or bypass authentication.
-const RISKY_OPTION_PARTS: &[&str] = &[
-    "file",
-    "dir",
-    "path",
-    "plugin",
-    "init",
-    "user",
-    "socket",
-    "port",
-    "bind",
-    "secure",
-    "load",
-    "grant",
-    "networking",
-    "chroot",
-    "pid",
-    "log-error",
-    "general-log",
-    "slow-query-log",
-];
 
 /// Default buffer pool when the compute config has no `resources.memory`.
 const DEFAULT_BUFFER_POOL: &str = "64M";
@@ -109,10 +76,49 @@ impl LocalDriver {
     fn socket_path(&self, project_id: &str) -> PathBuf {
         let socket = self.datadir(project_id).join("mariadbd.sock");
         if socket.as_os_str().len() > 100 {
-            std::env::temp_dir().join(format!("doze-{project_id}.sock"))
+            self.long_path_socket_dir(project_id).join("mariadbd.sock")
         } else {
             socket
         }
+    }
+
+    /// A private directory in the temp dir for a socket whose datadir path is too long for a
+    /// unix socket address.
+    fn long_path_socket_dir(&self, project_id: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("doze-{project_id}"))
+    }
+
+    /// The file holding the compute's root password.
+    pub fn admin_secret_path(&self, project_id: &str) -> PathBuf {
+        self.project_dir(project_id).join("admin.secret")
+    }
+
+    fn admin_secret(&self, project_id: &str) -> anyhow::Result<Option<String>> {
+        let path = self.admin_secret_path(project_id);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Creates doze's directories down to the project's, each passable but not listable by
+    /// the compute user, and checks the compute user can reach them.
+    fn prepare_project_dir(&self, project_id: &str) -> anyhow::Result<()> {
+        let mode = if mariadb::running_as_root() {
+            TRAVERSE_ONLY_DIR
+        } else {
+            mariadb::PRIVATE_DIR
+        };
+        let projects = self.data_dir.join("projects");
+        for dir in [
+            self.data_dir.as_path(),
+            &projects,
+            &self.project_dir(project_id),
+        ] {
+            mariadb::own_dir(dir, mode, None)?;
+        }
+        mariadb::check_reachable(&self.project_dir(project_id), mariadb::compute_owner()?)
     }
 
     fn instances(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
@@ -129,6 +135,7 @@ impl LocalDriver {
         let datadir = self.datadir(project_id);
         let mut spec = ServerSpec::in_datadir(&datadir, port);
         spec.socket = self.socket_path(project_id);
+        spec.secure_file_priv = Some(self.project_dir(project_id).join("files"));
         spec.max_allowed_packet = self.max_allowed_packet.clone();
         spec.buffer_pool = buffer_pool_for(config)?;
         spec.extra_args = mariadb_options(config)?;
@@ -138,6 +145,16 @@ impl LocalDriver {
     async fn ensure_storage(&self, project_id: &str) -> anyhow::Result<()> {
         let datadir = self.datadir(project_id);
         if datadir.join("mysql").is_dir() {
+            mariadb::hand_to_compute_user(&datadir)?;
+            if self.admin_secret(project_id)?.is_none() {
+                // Made by a doze that left root without a password: seal it now.
+                tracing::info!(
+                    project_id,
+                    "setting a root password on older compute storage"
+                );
+                let password = self.new_admin_secret(project_id)?;
+                mariadb::seal_root(&datadir, &password).await?;
+            }
             return Ok(());
         }
         if datadir.join("ibdata1").exists() {
@@ -151,7 +168,16 @@ impl LocalDriver {
             std::fs::remove_dir_all(&datadir)?;
         }
         tracing::info!(project_id, datadir = %datadir.display(), "initialising compute storage");
-        mariadb::install_db(&datadir).await
+        let password = self.new_admin_secret(project_id)?;
+        mariadb::install_db(&datadir, &password).await
+    }
+
+    /// Generates the compute's root password and stores it (0600) before any server gets it,
+    /// so that doze can never lock itself out.
+    fn new_admin_secret(&self, project_id: &str) -> anyhow::Result<String> {
+        let password = mariadb::new_admin_password();
+        write_private_file(&self.admin_secret_path(project_id), &password)?;
+        Ok(password)
     }
 
     async fn start_inner(&self, spec: &ComputeSpec) -> anyhow::Result<Running> {
@@ -160,7 +186,7 @@ impl LocalDriver {
             bail!("the compute of project {project_id} is already running");
         }
         self.instances().remove(project_id);
-        std::fs::create_dir_all(self.project_dir(project_id))?;
+        self.prepare_project_dir(project_id)?;
         self.ensure_storage(project_id).await?;
         // Never two servers on one datadir: stop anything a previous run left behind.
         if let Some(pid) = self.find_leftover(project_id, None) {
@@ -301,11 +327,11 @@ impl LocalDriver {
             .get(project_id)
             .map(|i| i.socket.clone())
             .with_context(|| format!("the compute of project {project_id} is not running"))?;
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname("localhost")
-            .socket(Some(socket.to_string_lossy().into_owned()))
-            .prefer_socket(true)
-            .user(Some("root"));
+        let password = match self.admin_secret(project_id)? {
+            Some(p) => p,
+            None => self.seal_running(project_id, &socket).await?,
+        };
+        let opts = root_opts(&socket).pass(Some(password));
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match mysql_async::Conn::new(opts.clone()).await {
@@ -317,6 +343,24 @@ impl LocalDriver {
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
+    }
+
+    /// A compute adopted from a doze that left root without a password: set one now.
+    async fn seal_running(&self, project_id: &str, socket: &Path) -> anyhow::Result<String> {
+        tracing::info!(
+            project_id,
+            "setting a root password on a running older compute"
+        );
+        let mut conn = mysql_async::Conn::new(root_opts(socket))
+            .await
+            .context("connecting as root to an older compute to set its password")?;
+        let password = self.new_admin_secret(project_id)?;
+        conn.query_drop(format!(
+            "ALTER USER 'root'@'localhost' IDENTIFIED BY '{password}'"
+        ))
+        .await?;
+        let _ = conn.disconnect().await;
+        Ok(password)
     }
 
     async fn apply(&self, project_id: &str, ops: &[RoleOp]) -> anyhow::Result<()> {
@@ -332,7 +376,7 @@ impl LocalDriver {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
-        let _ = std::fs::remove_file(std::env::temp_dir().join(format!("doze-{project_id}.sock")));
+        let _ = std::fs::remove_dir_all(self.long_path_socket_dir(project_id));
         Ok(())
     }
 }
@@ -414,9 +458,52 @@ impl ComputeDriver for LocalDriver {
         Box::pin(self.apply(project_id, ops))
     }
 
+    fn client_sessions<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move {
+            let mut conn = self.root_conn(project_id).await?;
+            let count: Option<u64> = conn.query_first(CLIENT_SESSIONS_SQL).await?;
+            let _ = conn.disconnect().await;
+            Ok(count.unwrap_or(0))
+        })
+    }
+
     fn destroy_storage<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(self.destroy_inner(project_id))
     }
+}
+
+/// Sessions of clients in the server's own process list: not this query's connection, not
+/// the server's background threads, not doze's administrative root sessions.
+const CLIENT_SESSIONS_SQL: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+     WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Killed') \
+     AND USER NOT IN ('system user', 'event_scheduler', 'unauthenticated user', 'root')";
+
+/// root over the unix socket (the only place root may log in from).
+fn root_opts(socket: &Path) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname("localhost")
+        .socket(Some(socket.to_string_lossy().into_owned()))
+        .prefer_socket(true)
+        .user(Some("root"))
+}
+
+/// Writes `contents` to `path` readable by doze's user only (0600, whatever the umask), by
+/// way of a temporary file so a crash never leaves half a secret.
+pub fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// True when `pid` exists and is not a zombie.
@@ -513,41 +600,10 @@ pub fn buffer_pool_for(config: &serde_json::Value) -> anyhow::Result<String> {
     }
 }
 
-/// Extra server options from `config.mariadb_options` (`{"option_name": value}`), as
-/// `--option-name=value`. Options doze manages itself are refused.
+/// Extra server options from `config.mariadb_options`, checked against the allow-list of
+/// [`super::options`].
 pub fn mariadb_options(config: &serde_json::Value) -> anyhow::Result<Vec<String>> {
-    let Some(opts) = config.get("mariadb_options") else {
-        return Ok(Vec::new());
-    };
-    let Some(map) = opts.as_object() else {
-        bail!("mariadb_options must be an object of option names to values");
-    };
-    let mut args = Vec::new();
-    for (key, value) in map {
-        let name = key.replace('_', "-");
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            bail!("mariadb_options: '{key}' is not an option name");
-        }
-        if PROTECTED_OPTIONS.contains(&name.as_str())
-            || RISKY_OPTION_PARTS.iter().any(|part| name.contains(part))
-        {
-            bail!(
-                "mariadb_options: '{key}' is managed by doze or touches files, paths, plugins or \
-                 accounts, and cannot be set"
-            );
-        }
-        let value = match value {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => if *b { "ON" } else { "OFF" }.to_owned(),
-            other => bail!("mariadb_options: '{key}' has an unsupported value {other}"),
-        };
-        if value.contains('\0') || value.contains('\n') {
-            bail!("mariadb_options: '{key}' has an invalid value");
-        }
-        args.push(format!("--{name}={value}"));
-    }
-    Ok(args)
+    super::options::server_args(config).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
@@ -575,27 +631,12 @@ mod tests {
     }
 
     #[test]
-    fn options() {
+    fn options_come_from_the_allow_list() {
         let args = mariadb_options(
             &json!({"mariadb_options": {"max_connections": 50, "sql_mode": "ANSI"}}),
         )
         .expect("opts");
         assert_eq!(args, vec!["--max-connections=50", "--sql-mode=ANSI"]);
         assert!(mariadb_options(&json!({"mariadb_options": {"datadir": "/"}})).is_err());
-        for risky in [
-            "general_log_file",
-            "plugin_maturity",
-            "init_connect",
-            "secure_file_priv",
-            "skip_grant_tables",
-            "log_error",
-        ] {
-            assert!(
-                mariadb_options(&json!({"mariadb_options": {risky: "x"}})).is_err(),
-                "{risky}"
-            );
-        }
-        assert!(mariadb_options(&json!({"mariadb_options": {"a b": "1"}})).is_err());
-        assert!(mariadb_options(&json!({"mariadb_options": 3})).is_err());
     }
 }

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use crate::roles::RoleDef;
 
 pub mod local;
+pub mod options;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -71,6 +72,12 @@ pub trait ComputeDriver: Send + Sync {
         project_id: &'a str,
         recorded: Option<Running>,
     ) -> BoxFuture<'a, anyhow::Result<Option<Running>>>;
+
+    /// Client sessions the running compute serves, as the server itself counts them: sessions
+    /// through doze and sessions connected to the compute directly alike (doze's own
+    /// administrative connections excluded). The scheduler never suspends a compute that
+    /// serves any.
+    fn client_sessions<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<u64>>;
 
     /// Applies account changes to the running compute.
     fn apply_roles<'a>(

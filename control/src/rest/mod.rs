@@ -264,8 +264,61 @@ fn token_matches(given: &str, expected: &str) -> bool {
         == 0
 }
 
+/// True for a `Host` or `Origin` authority naming this machine's loopback: `localhost`,
+/// `127.0.0.1` (any of 127/8) or `[::1]`, with or without a port.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Without a token, the admin API trusts whoever can reach its loopback port, so it must not
+/// be reachable through a web browser on this machine: a page elsewhere can make the browser
+/// send requests to 127.0.0.1 (cross-origin POSTs need no preflight), and DNS rebinding makes
+/// the browser call an attacker's name that resolves to 127.0.0.1. Both are refused: `Host`
+/// must name the loopback, and an `Origin`, when a browser sends one, must too.
+fn check_local_caller(req: &Request) -> Result<(), ApiError> {
+    let header = |name: header::HeaderName| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}").trim().to_owned())
+    };
+    if let Some(host) = header(header::HOST)
+        && !is_loopback_authority(&host)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            "without an admin token, the admin API answers only requests addressed to \
+             localhost, 127.0.0.1 or [::1]; set --admin-token to call it by another name",
+        ));
+    }
+    if let Some(origin) = header(header::ORIGIN) {
+        let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if origin == "null" || !is_loopback_authority(authority.trim_end_matches('/')) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                "the admin API refuses requests from web pages (cross-origin requests)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = state.plane.config().admin_token.as_deref() {
+    let Some(expected) = state.plane.config().admin_token.as_deref() else {
+        if let Err(refused) = check_local_caller(&req) {
+            return refused.into_response();
+        }
+        return next.run(req).await;
+    };
+    {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -540,7 +593,32 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::{is_loopback_authority, token_matches};
+
+    #[test]
+    fn loopback_authorities() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::1]",
+            "127.9.9.9",
+        ] {
+            assert!(is_loopback_authority(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1:8080",
+            "",
+            "[::2]:80",
+        ] {
+            assert!(!is_loopback_authority(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn tokens() {

@@ -37,10 +37,7 @@ pub fn config(dir: &TempDir) -> ControlConfig {
 }
 
 pub async fn sqlite_env(tweak: impl FnOnce(&mut ControlConfig)) -> Env {
-    let dir = tempfile::Builder::new()
-        .prefix("doze-ctl-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = doze_control::testkit::scratch_dir("doze-ctl-").expect("tempdir");
     let mut cfg = config(&dir);
     tweak(&mut cfg);
     start(cfg, dir, None).await
@@ -48,10 +45,7 @@ pub async fn sqlite_env(tweak: impl FnOnce(&mut ControlConfig)) -> Env {
 
 pub async fn postgres_env(tweak: impl FnOnce(&mut ControlConfig)) -> Env {
     let pg = Postgres::start().await.expect("start postgres");
-    let dir = tempfile::Builder::new()
-        .prefix("doze-ctl-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = doze_control::testkit::scratch_dir("doze-ctl-").expect("tempdir");
     let mut cfg = config(&dir);
     cfg.db_dsn = pg.dsn();
     tweak(&mut cfg);
@@ -224,4 +218,30 @@ pub fn datadir_of(plane: &ControlPlane, project_id: &str) -> std::path::PathBuf 
         .join("projects")
         .join(project_id)
         .join("data")
+}
+
+/// The project's directory under a control plane.
+pub fn project_dir_of(plane: &ControlPlane, project_id: &str) -> std::path::PathBuf {
+    plane.config().data_dir.join("projects").join(project_id)
+}
+
+/// A root session on a running compute, as doze opens one: over the unix socket, with the
+/// password only doze holds.
+pub async fn root_of(plane: &ControlPlane, project_id: &str) -> mysql_async::Conn {
+    let dir = project_dir_of(plane, project_id);
+    let password = std::fs::read_to_string(dir.join("admin.secret")).expect("admin secret");
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("localhost")
+        .socket(Some(
+            dir.join("data")
+                .join("mariadbd.sock")
+                .to_string_lossy()
+                .into_owned(),
+        ))
+        .prefer_socket(true)
+        .user(Some("root"))
+        .pass(Some(password.trim().to_owned()));
+    mysql_async::Conn::new(opts)
+        .await
+        .expect("root over the socket")
 }

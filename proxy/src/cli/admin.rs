@@ -16,9 +16,13 @@ pub struct AdminConn {
     #[arg(long, env = "DOZE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
     admin: String,
 
-    /// Bearer token of the admin API (the --admin-token doze serve was given).
+    /// Bearer token of the admin API (the token doze serve was given). Prefer DOZE_ADMIN_TOKEN or --admin-token-file: a flag's value shows in `ps`.
     #[arg(long, env = "DOZE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+
+    /// File holding the admin token (its first line); wins over --admin-token.
+    #[arg(long, env = "DOZE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,7 +323,11 @@ async fn call(
 ) -> anyhow::Result<Value> {
     let url = format!("{}{}", conn.admin.trim_end_matches('/'), path);
     let mut request = Request::builder().method(method).uri(&url);
-    if let Some(token) = &conn.admin_token {
+    let token = match &conn.admin_token_file {
+        Some(path) => Some(super::read_token_file(path)?),
+        None => conn.admin_token.clone(),
+    };
+    if let Some(token) = &token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
     let payload = match body {

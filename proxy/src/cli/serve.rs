@@ -53,9 +53,15 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     check_interval: Duration,
 
-    /// Bearer token required on every /api route. Required when --admin-listen is not loopback.
+    /// Bearer token required on every /api route (at least 16 characters, no spaces). Required
+    /// when --admin-listen is not loopback. Prefer DOZE_ADMIN_TOKEN or --admin-token-file: a
+    /// flag's value is visible to every local user in `ps` and /proc/PID/cmdline.
     #[arg(long, env = "DOZE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+
+    /// File holding the admin token (its first line); wins over --admin-token. Keep it 0600.
+    #[arg(long, env = "DOZE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
 
     /// Longest a client waits for its project's compute to wake before it gets an error.
     #[arg(long, env = "DOZE_WAKE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -93,11 +99,35 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
 
+    /// Close clients that send nothing (no login request, no TLS request) within this time of the greeting.
+    #[arg(long, env = "DOZE_FIRST_PACKET_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    first_packet_timeout: Duration,
+
+    /// Connections still logging in (not yet authenticated), all clients together; more get ERR 1040 at once. Counted apart from --max-connections, so silent sockets cannot take the slots of authenticated sessions.
+    #[arg(long, env = "DOZE_MAX_PENDING_LOGINS", default_value_t = 4096)]
+    max_pending_logins: usize,
+
+    /// Connections still logging in from one client address once half of --max-pending-logins is taken; more get ERR 1040 at once. Below half, one address (an application's pool) may take more.
+    #[arg(long, env = "DOZE_MAX_PENDING_LOGINS_PER_IP", default_value_t = 64)]
+    max_pending_logins_per_ip: usize,
+
+    /// After 3 failed passwords in a row for a role or from an address, each further login waits this long before its password is checked, doubling per failure (never a lockout).
+    #[arg(long, env = "DOZE_AUTH_BACKOFF", default_value = "100ms", value_parser = parse_duration)]
+    auth_backoff: Duration,
+
+    /// Longest wait of one login after failed passwords (0 turns the back-off off).
+    #[arg(long, env = "DOZE_AUTH_BACKOFF_MAX", default_value = "2s", value_parser = parse_duration)]
+    auth_backoff_max: Duration,
+
     /// Timeout of the TCP connect to a compute.
     #[arg(long, env = "DOZE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
 
-    /// Client connections open at once, all projects together; more get ERR 1040.
+    /// A compute must answer doze's login within this once connected; otherwise the client gets an ERR (after one re-wake if the compute turns out dead), never a hang.
+    #[arg(long, env = "DOZE_BACKEND_LOGIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    backend_login_timeout: Duration,
+
+    /// Authenticated client sessions open at once, all projects together; more get ERR 1040.
     #[arg(long, env = "DOZE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
 
@@ -118,12 +148,17 @@ pub struct ServeArgs {
     reuse_port: bool,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
+    // Everything doze creates (state, secrets, computes' directories) is private unless doze
+    // says otherwise for a given directory.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    args.admin_token = admin_token(&args)?;
     let metrics = install_metrics()?;
     let proxy_cfg = proxy_config(&args)?;
     let listener = accept::bind(&proxy_cfg)
         .with_context(|| format!("binding the proxy to {}", args.proxy_listen))?;
+    let proxy_addr = listener.local_addr().unwrap_or(args.proxy_listen);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(wait_for_signal(stop_tx));
     if let Some(routes) = &args.routes {
@@ -136,7 +171,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             metrics_only_router(metrics),
             stop_rx.clone(),
         ));
-        info!(proxy = %args.proxy_listen, metrics = %args.admin_listen, "doze serving static routes");
+        info!(proxy = %proxy_addr, metrics = %args.admin_listen, "doze serving static routes");
         run_proxy(listener, proxy_cfg, routes, stop_rx).await;
         return Ok(());
     }
@@ -154,9 +189,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let scheduler = control.spawn_scheduler();
     info!(
-        proxy = %args.proxy_listen,
+        proxy = %proxy_addr,
         admin = %format!("http://{}", args.admin_listen),
-        state = %args.db_dsn,
+        state = %doze_control::store::redact_dsn(&args.db_dsn),
         "doze is up"
     );
     run_proxy(listener, proxy_cfg, Arc::clone(&control), stop_rx).await;
@@ -173,7 +208,7 @@ async fn run_proxy<C: Control + Clone>(
     control: C,
     mut stop: watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared { cfg, control });
+    let shared = Arc::new(Shared::new(cfg, control));
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
         info!("shutdown requested: no longer accepting connections");
@@ -196,7 +231,15 @@ fn proxy_config(args: &ServeArgs) -> anyhow::Result<ProxyConfig> {
         sni_suffix: args.sni_suffix.clone(),
         server_version: args.server_version.clone(),
         handshake_timeout: args.handshake_timeout,
+        first_packet_timeout: args.first_packet_timeout,
+        max_pending_logins: args.max_pending_logins,
+        max_pending_logins_per_ip: args.max_pending_logins_per_ip,
+        auth_backoff: doze_proxy::throttle::Backoff {
+            base: args.auth_backoff,
+            max: args.auth_backoff_max,
+        },
         connect_timeout: args.connect_timeout,
+        backend_login_timeout: args.backend_login_timeout,
         wake_timeout: args.wake_timeout,
         max_connections: args.max_connections,
         max_connections_per_project: args.max_connections_per_project,
@@ -205,6 +248,26 @@ fn proxy_config(args: &ServeArgs) -> anyhow::Result<ProxyConfig> {
         reuse_port: args.reuse_port,
         ..ProxyConfig::default()
     })
+}
+
+/// The admin token from --admin-token-file, DOZE_ADMIN_TOKEN or --admin-token, checked.
+fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
+    let on_command_line =
+        std::env::args().any(|a| a == "--admin-token" || a.starts_with("--admin-token="));
+    if on_command_line {
+        tracing::warn!(
+            "--admin-token on the command line is visible to every local user (ps, /proc); \
+             use DOZE_ADMIN_TOKEN or --admin-token-file"
+        );
+    }
+    let token = match &args.admin_token_file {
+        Some(path) => Some(super::read_token_file(path)?),
+        None => args.admin_token.clone(),
+    };
+    if let Some(t) = &token {
+        doze_control::validate_admin_token(t)?;
+    }
+    Ok(token)
 }
 
 fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {

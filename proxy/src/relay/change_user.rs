@@ -109,7 +109,8 @@ fn target<A: SessionAuth>(request: &ChangeUser, auth: &A) -> Result<(String, Str
         Some((project, bare)) if auth.is_own_project(project) => bare.to_owned(),
         Some((project, _)) => {
             return Err(ProxyError::ChangeUserRefused(format!(
-                "a session cannot move to another project ('{project}'); open a new connection"
+                "a session cannot move to another project ('{}'); open a new connection",
+                crate::names::for_message(project)
             )));
         }
         None => request.username.clone(),
@@ -120,7 +121,8 @@ fn target<A: SessionAuth>(request: &ChangeUser, auth: &A) -> Result<(String, Str
         }
         Some((project, _)) => {
             return Err(ProxyError::ChangeUserRefused(format!(
-                "a session cannot move to another project's database ('{project}'); open a new connection"
+                "a session cannot move to another project's database ('{}'); open a new connection",
+                crate::names::for_message(project)
             )));
         }
         None => request.database.clone(),

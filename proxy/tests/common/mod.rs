@@ -73,7 +73,7 @@ impl Proxy {
         let listener = accept::bind(&cfg).expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
-        let shared = Arc::new(Shared { cfg, control });
+        let shared = Arc::new(Shared::new(cfg, control));
         let task = tokio::spawn(accept::serve(listener, shared, async move {
             let _ = rx.await;
         }));

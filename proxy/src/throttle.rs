@@ -1,0 +1,218 @@
+//! Back-off after failed logins, per role and per client address: delayed answers, never
+//! lockouts.
+//!
+//! A lockout would let anyone who knows a role's name lock its real users out. Instead, once a
+//! role or an address has failed [`FREE_FAILURES`] times in a row, every further login for it
+//! waits before its password is checked, right or wrong (answering a right password at once
+//! would tell a guesser which guess was right without waiting). The wait doubles with each
+//! failure from [`Backoff::base`] up to [`Backoff::max`]:
+//!
+//! - **per role** (project, user): each attempt waits the role's current delay. Attempts are not
+//!   queued behind each other, so a real user from another address waits at most `max`;
+//! - **per client address**: answers are spaced at least the address's delay apart, so opening
+//!   many connections at once from one address gains an attacker nothing (and costs only that
+//!   address).
+//!
+//! A success resets both. Entries are forgotten after [`FORGET_AFTER`] without an attempt,
+//! and at most [`CAPACITY`] of each kind are kept, so memory is bounded whatever the traffic.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::metrics;
+
+/// Failures in a row that cost nothing (typos happen).
+pub const FREE_FAILURES: u32 = 3;
+/// How long an idle entry is remembered.
+pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Entries kept per kind (roles, addresses).
+pub const CAPACITY: u64 = 100_000;
+
+/// The delay schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first failure beyond the free ones.
+    pub base: Duration,
+    /// Upper bound of one delay; zero turns the back-off off.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after `failures` failures in a row.
+    pub fn delay(&self, failures: u32) -> Duration {
+        if failures < FREE_FAILURES || self.max.is_zero() {
+            return Duration::ZERO;
+        }
+        let doublings = (failures - FREE_FAILURES).min(30);
+        self.base.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    failures: u32,
+    /// When the last answer given to this address is due (address entries only).
+    last_answer: Option<Instant>,
+}
+
+type Shared = Arc<Mutex<Entry>>;
+
+/// The failure records of one proxy.
+pub struct Throttle {
+    backoff: Backoff,
+    roles: moka::sync::Cache<(String, String), Shared>,
+    addresses: moka::sync::Cache<IpAddr, Shared>,
+}
+
+/// Who is logging in.
+#[derive(Clone, Copy)]
+pub struct Attempt<'a> {
+    pub ip: IpAddr,
+    pub project_id: &'a str,
+    pub user: &'a str,
+}
+
+impl Throttle {
+    pub fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            roles: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_idle(FORGET_AFTER)
+                .build(),
+            addresses: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_idle(FORGET_AFTER)
+                .build(),
+        }
+    }
+
+    /// How long this attempt must wait before its password is checked. Reserves the address's
+    /// next answer slot, so concurrent attempts from one address are spaced out.
+    pub fn wait_before_check(&self, attempt: Attempt<'_>) -> Duration {
+        if self.backoff.max.is_zero() {
+            return Duration::ZERO;
+        }
+        let role_wait = self
+            .roles
+            .get(&role_key(attempt))
+            .map(|e| self.backoff.delay(lock(&e).failures))
+            .unwrap_or_default();
+        let address_wait = self
+            .addresses
+            .get(&attempt.ip)
+            .map(|e| {
+                let mut entry = lock(&e);
+                let delay = self.backoff.delay(entry.failures);
+                if delay.is_zero() {
+                    return Duration::ZERO;
+                }
+                let now = Instant::now();
+                let after = entry.last_answer.map_or(now, |t| t.max(now));
+                let answer_at = after + delay;
+                entry.last_answer = Some(answer_at);
+                answer_at - now
+            })
+            .unwrap_or_default();
+        let wait = role_wait.max(address_wait);
+        if !wait.is_zero() {
+            metrics::auth_throttled();
+        }
+        wait
+    }
+
+    /// Records a wrong password (or an unknown role, which must look the same).
+    pub fn failed(&self, attempt: Attempt<'_>) {
+        for entry in [
+            self.roles.get_with(role_key(attempt), Shared::default),
+            self.addresses.get_with(attempt.ip, Shared::default),
+        ] {
+            let mut e = lock(&entry);
+            e.failures = e.failures.saturating_add(1);
+        }
+    }
+
+    /// Records a right password: the role and the address start afresh.
+    pub fn succeeded(&self, attempt: Attempt<'_>) {
+        self.roles.invalidate(&role_key(attempt));
+        self.addresses.invalidate(&attempt.ip);
+    }
+}
+
+fn role_key(attempt: Attempt<'_>) -> (String, String) {
+    (attempt.project_id.to_owned(), attempt.user.to_owned())
+}
+
+fn lock(entry: &Shared) -> std::sync::MutexGuard<'_, Entry> {
+    entry.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(ip: [u8; 4]) -> Attempt<'static> {
+        Attempt {
+            ip: IpAddr::from(ip),
+            project_id: "p1",
+            user: "app",
+        }
+    }
+
+    #[test]
+    fn schedule_doubles_up_to_max_after_free_failures() {
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(75),
+        };
+        let delays: Vec<u128> = (0..8).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(delays, vec![0, 0, 0, 10, 20, 40, 75, 75]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_millis(75));
+        let off = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::ZERO,
+        };
+        assert_eq!(off.delay(100), Duration::ZERO);
+    }
+
+    #[test]
+    fn role_delay_applies_from_any_address_and_resets_on_success() {
+        let t = Throttle::new(Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+        });
+        for _ in 0..6 {
+            t.failed(attempt([127, 0, 0, 1]));
+        }
+        let elsewhere = attempt([127, 0, 0, 2]);
+        assert_eq!(t.wait_before_check(elsewhere), Duration::from_millis(40));
+        t.succeeded(elsewhere);
+        assert_eq!(t.wait_before_check(elsewhere), Duration::ZERO);
+    }
+
+    #[test]
+    fn concurrent_attempts_from_one_address_are_spaced_out() {
+        let t = Throttle::new(Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(100),
+        });
+        let a = attempt([127, 0, 0, 9]);
+        for _ in 0..FREE_FAILURES {
+            t.failed(Attempt { user: "x", ..a });
+        }
+        let waits: Vec<Duration> = (0..3).map(|_| t.wait_before_check(a)).collect();
+        assert!(waits[0] >= Duration::from_millis(90), "{waits:?}");
+        assert!(waits[1] >= Duration::from_millis(190), "{waits:?}");
+        assert!(waits[2] >= Duration::from_millis(290), "{waits:?}");
+    }
+}
