@@ -181,8 +181,11 @@ async fn login_client<C: Control>(
         return fail(stream, next_seq, ProxyError::NoProject).await;
     };
     let span = tracing::Span::current();
-    span.record("project", names::for_log(&route.project_key));
-    span.record("user", names::for_log(&route.user));
+    span.record(
+        "project",
+        field::display(names::for_log(&route.project_key)),
+    );
+    span.record("user", field::display(names::for_log(&route.user)));
     let lookup = match shared
         .control
         .lookup_role(&route.project_key, &route.user)

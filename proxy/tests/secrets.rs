@@ -1,0 +1,159 @@
+//! Secrets of the `doze` binary (issue 7): the admin token stays out of `ps`, a weak token is
+//! refused, and no DSN password reaches the log.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use doze_control::testkit::{Postgres, scratch_dir};
+
+const DOZE: &str = env!("CARGO_BIN_EXE_doze");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request to the admin API; returns the status code.
+fn http_status(port: u16, path: &str, token: Option<&str>) -> u16 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads the child's stderr until `needle` appears (or the child exits / 60 s pass).
+fn stderr_until(child: &mut Child, needle: &str) -> String {
+    let mut err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match err.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(chunk) => text.extend(chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+        if String::from_utf8_lossy(&text).contains(needle) {
+            break;
+        }
+    }
+    // Keep draining in the background so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_stays_out_of_ps_and_the_dsn_password_out_of_the_log() {
+    let pg = Postgres::start().await.unwrap();
+    let dir = scratch_dir("doze-secrets-").unwrap();
+    // PostgreSQL trusts local connections here, so any password works; it must never show.
+    let dsn = pg
+        .dsn()
+        .replace("postgres@", "postgres:hunter2-never-log-me@");
+    let token = "c0ffee-0123456789abcdef-token";
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let admin_port = free_port();
+    let mut child = Command::new(DOZE)
+        .args(["serve", "--proxy-listen", "127.0.0.1:0"])
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .arg("--db-dsn")
+        .arg(&dsn)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--admin-token-file")
+        .arg(&token_file)
+        .env_remove("DOZE_ADMIN_TOKEN")
+        .env("DOZE_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = stderr_until(&mut child, "doze is up");
+    assert!(log.contains("doze is up"), "{log}");
+    assert!(!log.contains("hunter2"), "DSN password in the log:\n{log}");
+    assert!(log.contains("postgres:***@"), "{log}");
+    assert!(
+        !log.contains("127.0.0.1:0 "),
+        "the startup line shows the bound port"
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(token));
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&environ).contains(token));
+    assert_eq!(http_status(admin_port, "/api/v1/projects", None), 401);
+    assert_eq!(
+        http_status(admin_port, "/api/v1/projects", Some(token)),
+        200
+    );
+    // Everything doze created is private.
+    let data_mode = std::fs::metadata(dir.path().join("data"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o077;
+    assert_eq!(data_mode & 0o066, 0, "data dir readable by others");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn weak_admin_tokens_are_refused() {
+    let dir = scratch_dir("doze-weak-").unwrap();
+    for weak in [" ", "short", "has a space in it!"] {
+        let out = Command::new(DOZE)
+            .args(["serve", "--proxy-listen", "127.0.0.1:0"])
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--db-dsn")
+            .arg(format!("sqlite://{}/state.db", dir.path().display()))
+            .env("DOZE_ADMIN_TOKEN", weak)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "token {weak:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("admin token"), "{err}");
+    }
+}
