@@ -213,19 +213,34 @@ async fn a_compute_that_cannot_start_fails_with_its_log_and_is_rate_limited() {
         .await
         .expect("project");
     let c = plane
-        .create_compute(
-            &p.id,
-            serde_json::json!({"mariadb_options": {"no_such_server_option": "1"}}),
-        )
+        .create_compute(&p.id, serde_json::json!({}))
         .await
         .expect("compute");
+    // Storage that looks initialised but whose InnoDB system tablespace is garbage: mariadbd
+    // starts and exits. (A bad server option can no longer get this far: the allow-list
+    // refuses it at create time.)
+    let project_dir = datadir_of(plane, &p.id)
+        .parent()
+        .expect("project dir")
+        .to_path_buf();
+    std::fs::create_dir_all(datadir_of(plane, &p.id).join("mysql")).expect("mysql dir");
+    std::fs::write(
+        datadir_of(plane, &p.id).join("ibdata1"),
+        b"not an InnoDB tablespace ".repeat(4096),
+    )
+    .expect("garbage ibdata1");
+    std::fs::write(
+        project_dir.join("admin.secret"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .expect("secret");
     let err = plane.wake("broken").await.expect_err("start must fail");
     let WakeError::StartFailed { project, reason } = &err else {
         panic!("expected StartFailed, got {err:?}");
     };
     assert_eq!(project, "broken");
     assert!(
-        reason.contains("no-such-server-option"),
+        reason.contains("InnoDB"),
         "reason carries the error log: {reason}"
     );
     assert!(reason.contains("error log"), "{reason}");
@@ -235,7 +250,7 @@ async fn a_compute_that_cannot_start_fails_with_its_log_and_is_rate_limited() {
         failed
             .last_error
             .as_deref()
-            .is_some_and(|e| e.contains("no-such-server-option"))
+            .is_some_and(|e| e.contains("InnoDB"))
     );
 
     let again = plane
@@ -283,7 +298,7 @@ async fn a_compute_that_cannot_start_fails_with_its_log_and_is_rate_limited() {
     assert!(
         resp.1["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("no-such-server-option"))
+            .is_some_and(|e| e.contains("InnoDB"))
     );
 
     // After the back-off, a further start is attempted again (and fails again).
