@@ -40,9 +40,14 @@ pub fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// The OS account computes run as: `mysql` when doze runs as root (mariadbd refuses to run as
-/// root), `None` (doze's own account) otherwise.
-pub fn compute_owner() -> anyhow::Result<Option<(Uid, Gid)>> {
+/// The OS account a server runs as: `None` is this process's own account; `Some` is switched to
+/// before `mariadbd` (or `mariadb-install-db`) starts, which needs root.
+pub type Owner = Option<(Uid, Gid)>;
+
+/// The account of a server that has no account of its own: `mysql` when doze runs as root
+/// (mariadbd refuses to run as root), this process's own account otherwise. The local driver
+/// gives every compute its own account instead (see `driver::local`).
+pub fn mysql_owner() -> anyhow::Result<Owner> {
     if !running_as_root() {
         return Ok(None);
     }
@@ -50,6 +55,13 @@ pub fn compute_owner() -> anyhow::Result<Option<(Uid, Gid)>> {
         .context("looking up the `mysql` user")?
         .context("running as root needs a `mysql` user (created by the mariadb-server package)")?;
     Ok(Some((user.uid, user.gid)))
+}
+
+/// Makes `cmd` run as `owner`.
+fn run_as(cmd: &mut Command, owner: Owner) {
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid.as_raw()).gid(gid.as_raw());
+    }
 }
 
 /// Mode of a directory only its owner may enter.
@@ -106,10 +118,9 @@ pub fn check_reachable(dir: &Path, owner: Option<(Uid, Gid)>) -> anyhow::Result<
     Ok(())
 }
 
-/// Gives `dir` and everything below it to the compute user, makes `dir` private (0700), and
-/// checks the compute user can reach it.
-pub fn hand_to_compute_user(dir: &Path) -> anyhow::Result<()> {
-    let owner = compute_owner()?;
+/// Gives `dir` and everything below it to `owner`, makes `dir` private (0700), and checks
+/// `owner` can reach it.
+pub fn hand_to(dir: &Path, owner: Owner) -> anyhow::Result<()> {
     if let Some((uid, gid)) = owner {
         chown_recursive(dir, uid, gid)?;
     }
@@ -134,15 +145,6 @@ fn chown_recursive(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--user=mysql` when running as root, nothing otherwise.
-fn user_args() -> Vec<String> {
-    if running_as_root() {
-        vec!["--user=mysql".to_owned()]
-    } else {
-        Vec::new()
-    }
-}
-
 /// A random administrative password: 32 characters from a 62-letter alphabet (190 bits).
 pub fn new_admin_password() -> String {
     use rand::Rng;
@@ -157,24 +159,26 @@ pub fn new_admin_password() -> String {
 /// with privileges over the server is `root@localhost`, reachable only through the unix socket
 /// (`--skip-name-resolve` keeps TCP clients from ever matching `localhost`), and it needs
 /// `root_password`, which only doze holds.
-pub async fn install_db(datadir: &Path, root_password: &str) -> anyhow::Result<()> {
+pub async fn install_db(datadir: &Path, root_password: &str, owner: Owner) -> anyhow::Result<()> {
     if !datadir.is_dir() {
         std::fs::create_dir(datadir).with_context(|| format!("creating {}", datadir.display()))?;
     }
-    hand_to_compute_user(datadir)?;
+    hand_to(datadir, owner)?;
     // A private temp dir: the bootstrap server's temporary tables must not live in a /tmp
     // that other programs clean up or share.
-    let tmp = private_tmpdir(datadir)?;
+    let tmp = private_tmpdir(datadir, owner)?;
     let install = find_binary("mariadb-install-db")?;
-    let output = Command::new(&install)
-        .env("TMPDIR", &tmp)
+    let mut cmd = Command::new(&install);
+    cmd.env("TMPDIR", &tmp)
+        .current_dir(&tmp)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", datadir.display()))
         .arg("--auth-root-authentication-method=normal")
         .arg("--skip-test-db")
         .arg("--skip-name-resolve")
-        .args(user_args())
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    run_as(&mut cmd, owner);
+    let output = cmd
         .output()
         .await
         .with_context(|| format!("running {}", install.display()))?;
@@ -187,30 +191,32 @@ pub async fn install_db(datadir: &Path, root_password: &str) -> anyhow::Result<(
             tail(&format!("{stdout}\n{stderr}"), 20)
         );
     }
-    seal_root(datadir, root_password).await
+    seal_root(datadir, root_password, owner).await
 }
 
 /// Keeps only `root@localhost` (mariadb-install-db also creates password-less `root@127.0.0.1`,
 /// `root@::1` and `root@<hostname>`, which anyone on the machine could use over TCP) and sets
 /// its password, in a short bootstrap run while the server does not listen. Also seals a data
 /// directory made by an older doze, whose root had no password.
-pub async fn seal_root(datadir: &Path, root_password: &str) -> anyhow::Result<()> {
+pub async fn seal_root(datadir: &Path, root_password: &str, owner: Owner) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
     if !root_password.chars().all(|c| c.is_ascii_alphanumeric()) || root_password.len() < 16 {
         bail!("the administrative password must be at least 16 letters and digits");
     }
-    let tmp = private_tmpdir(datadir)?;
+    let tmp = private_tmpdir(datadir, owner)?;
     let mariadbd = find_binary("mariadbd")?;
-    let mut child = Command::new(&mariadbd)
-        .env("TMPDIR", &tmp)
+    let mut cmd = Command::new(&mariadbd);
+    cmd.env("TMPDIR", &tmp)
+        .current_dir(&tmp)
         .arg("--no-defaults")
         .arg("--bootstrap")
         .arg(format!("--datadir={}", datadir.display()))
         .arg("--skip-networking")
-        .args(user_args())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_as(&mut cmd, owner);
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {} --bootstrap", mariadbd.display()))?;
     // Bootstrap runs without the grant tables loaded, so ALTER USER is refused: the account
@@ -238,22 +244,22 @@ pub async fn seal_root(datadir: &Path, root_password: &str) -> anyhow::Result<()
 
 /// `<datadir>/../tmp`, created private to the compute user: the temp dir of a server on
 /// `datadir`, outside the datadir so it never shows up as a database.
-pub fn private_tmpdir(datadir: &Path) -> anyhow::Result<PathBuf> {
-    sibling_dir(datadir, "tmp")
+pub fn private_tmpdir(datadir: &Path, owner: Owner) -> anyhow::Result<PathBuf> {
+    sibling_dir(datadir, "tmp", owner)
 }
 
 /// `<datadir>/../files`, created private to the compute user: the server's
 /// `secure_file_priv`, the only directory its file functions may touch (for its own root; roles
 /// have no FILE privilege at all).
-pub fn files_dir(datadir: &Path) -> anyhow::Result<PathBuf> {
-    sibling_dir(datadir, "files")
+pub fn files_dir(datadir: &Path, owner: Owner) -> anyhow::Result<PathBuf> {
+    sibling_dir(datadir, "files", owner)
 }
 
-fn sibling_dir(datadir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+fn sibling_dir(datadir: &Path, name: &str, owner: Owner) -> anyhow::Result<PathBuf> {
     let base = datadir.parent().unwrap_or(datadir);
     let dir = base.join(name);
-    own_dir(&dir, PRIVATE_DIR, compute_owner()?)?;
-    check_reachable(&dir, compute_owner()?)?;
+    own_dir(&dir, PRIVATE_DIR, owner)?;
+    check_reachable(&dir, owner)?;
     Ok(dir)
 }
 
@@ -273,6 +279,8 @@ pub struct ServerSpec {
     /// The only directory the server's file functions may read and write (`None`: the
     /// server's default, which is no restriction).
     pub secure_file_priv: Option<PathBuf>,
+    /// The OS account the server runs as.
+    pub owner: Owner,
     /// Further `--option=value` arguments, appended last so they win.
     pub extra_args: Vec<String>,
 }
@@ -296,6 +304,7 @@ impl ServerSpec {
             buffer_pool: "32M".to_owned(),
             max_allowed_packet: "64M".to_owned(),
             secure_file_priv: None,
+            owner: mysql_owner().unwrap_or(None),
             extra_args: Vec::new(),
         }
     }
@@ -329,7 +338,6 @@ impl ServerSpec {
         if let Some(files) = &self.secure_file_priv {
             args.push(format!("--secure-file-priv={}", files.display()));
         }
-        args.extend(user_args());
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -339,15 +347,17 @@ impl ServerSpec {
     pub fn spawn(&self) -> anyhow::Result<Child> {
         let mariadbd = find_binary("mariadbd")?;
         let mut cmd = Command::new(&mariadbd);
-        cmd.env("TMPDIR", private_tmpdir(&self.datadir)?);
+        let tmp = private_tmpdir(&self.datadir, self.owner)?;
+        cmd.env("TMPDIR", &tmp).current_dir(&tmp);
         if let Some(dir) = self.socket.parent()
             && dir != self.datadir
         {
-            own_dir(dir, PRIVATE_DIR, compute_owner()?)?;
+            own_dir(dir, PRIVATE_DIR, self.owner)?;
         }
         if let Some(files) = &self.secure_file_priv {
-            own_dir(files, PRIVATE_DIR, compute_owner()?)?;
+            own_dir(files, PRIVATE_DIR, self.owner)?;
         }
+        run_as(&mut cmd, self.owner);
         let child = cmd
             .args(self.args())
             .stdin(Stdio::null())

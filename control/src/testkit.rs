@@ -44,7 +44,7 @@ impl MariaDb {
         let dir = scratch_dir("doze-mdb-")?;
         let datadir = dir.path().join("data");
         let root_password = mariadb::new_admin_password();
-        mariadb::install_db(&datadir, &root_password).await?;
+        mariadb::install_db(&datadir, &root_password, mariadb::mysql_owner()?).await?;
         let mut last_err = None;
         for _ in 0..3 {
             let port = mariadb::free_port()?;

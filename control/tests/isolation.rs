@@ -495,3 +495,75 @@ async fn the_tokenless_admin_api_refuses_browsers_and_other_host_names() {
     .await;
     assert_eq!(resp.0, StatusCode::OK, "{}", resp.1);
 }
+
+/// The uid a process runs as.
+fn uid_of(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("Uid line")
+}
+
+/// As root, every compute runs as an OS account of its own, and one compute's account cannot
+/// enter another's directories (what a flaw in MariaDB that let a compute run code would try).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_compute_runs_as_its_own_os_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: computes run as doze's own user, nothing to switch to");
+        return;
+    }
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (a, _) = env.project_with_compute("uid-a", "app", "pw").await;
+    let (b, _) = env.project_with_compute("uid-b", "app", "pw").await;
+    plane.wake(&a).await.expect("wake a");
+    plane.wake(&b).await.expect("wake b");
+    let pid_of = |p: &str| {
+        let pids = doze_control::testkit::mariadbd_pids_under(&datadir_of(plane, p));
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        pids[0]
+    };
+    let (uid_a, uid_b) = (uid_of(pid_of(&a)), uid_of(pid_of(&b)));
+    let mysql = nix::unistd::User::from_name("mysql")
+        .expect("passwd")
+        .map(|u| u.uid.as_raw());
+    assert_ne!(uid_a, uid_b);
+    assert!(doze_control::driver::local::COMPUTE_UIDS.contains(&uid_a));
+    assert_ne!(Some(uid_a), mysql);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(datadir_of(plane, &a)).expect("a").uid(),
+        uid_a
+    );
+    // A's account tries B's files.
+    use std::os::unix::process::CommandExt;
+    for target in [
+        datadir_of(plane, &b).join("ib_logfile0"),
+        project_dir_of(plane, &b).join("admin.secret"),
+    ] {
+        let out = std::process::Command::new("cat")
+            .arg(&target)
+            .uid(uid_a)
+            .gid(uid_a)
+            .current_dir("/")
+            .output()
+            .expect("cat");
+        assert!(
+            !out.status.success(),
+            "A's account read {}",
+            target.display()
+        );
+    }
+    let out = std::process::Command::new("ls")
+        .arg(datadir_of(plane, &b))
+        .uid(uid_a)
+        .gid(uid_a)
+        .current_dir("/")
+        .output()
+        .expect("ls");
+    assert!(!out.status.success(), "A's account listed B's datadir");
+    plane.shutdown().await;
+}

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use doze_control::testkit::{Postgres, scratch_dir};
 
-const DOZE: &str = env!("CARGO_BIN_EXE_doze");
+/// The `doze` binary: cargo's, or `DOZE_BIN` when the test binary was copied elsewhere (the
+/// non-root CI run).
+fn doze() -> String {
+    std::env::var("DOZE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_doze").to_owned())
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -86,7 +90,7 @@ async fn the_token_stays_out_of_ps_and_the_dsn_password_out_of_the_log() {
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let admin_port = free_port();
-    let mut child = Command::new(DOZE)
+    let mut child = Command::new(doze())
         .args(["serve", "--proxy-listen", "127.0.0.1:0"])
         .arg("--admin-listen")
         .arg(format!("127.0.0.1:{admin_port}"))
@@ -140,7 +144,7 @@ async fn the_token_stays_out_of_ps_and_the_dsn_password_out_of_the_log() {
 fn weak_admin_tokens_are_refused() {
     let dir = scratch_dir("doze-weak-").unwrap();
     for weak in [" ", "short", "has a space in it!"] {
-        let out = Command::new(DOZE)
+        let out = Command::new(doze())
             .args(["serve", "--proxy-listen", "127.0.0.1:0"])
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", free_port()))

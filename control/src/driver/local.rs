@@ -1,15 +1,22 @@
 //! The local driver: one `mariadbd` process per running compute on this machine.
 //!
-//! Layout of a project, and who may enter what (doze as root, computes as `mysql`):
+//! Every compute runs as an OS account of its own when doze runs as root: a uid (and gid) of
+//! [`COMPUTE_UIDS`], chosen at the project's first start, recorded in `compute.uid`, and found
+//! in no passwd database (mariadbd needs no name for it: doze switches to it before exec).
+//! Another compute, even one a flaw in MariaDB let run code, cannot enter a project's
+//! directories. Without root, every compute runs as doze's own user.
+//!
+//! Layout of a project, and who may enter what (doze as root):
 //!
 //! ```text
-//! <data_dir>/                    doze    0711 (0700 when doze is not root)
-//!   projects/                    doze    0711
-//!     <project_id>/              doze    0711
-//!       admin.secret             doze    0600  the compute's root password, held by doze only
-//!       data/                    mysql   0700  the MariaDB datadir, with the unix socket
-//!       tmp/                     mysql   0700  the server's TMPDIR
-//!       files/                   mysql   0700  secure_file_priv
+//! <data_dir>/                    doze     0711 (0700 when doze is not root)
+//!   projects/                    doze     0711
+//!     <project_id>/              doze     0711
+//!       admin.secret             doze     0600  the compute's root password, held by doze only
+//!       compute.uid              doze     0600  the compute's own uid
+//!       data/                    compute  0700  the MariaDB datadir, with the unix socket
+//!       tmp/                     compute  0700  the server's TMPDIR
+//!       files/                   compute  0700  secure_file_priv
 //! ```
 //!
 //! Each start gets a fresh free port on 127.0.0.1. Ready means a MySQL greeting on the port.
@@ -29,6 +36,11 @@ use super::{BoxFuture, ComputeDriver, ComputeSpec, RoleOp, Running};
 use crate::mariadb::{self, ServerSpec, TRAVERSE_ONLY_DIR};
 use crate::roles::{self, RESERVED_ROLE_NAMES};
 
+/// The uids (and gids) computes run as when doze is root: far above the ranges distributions
+/// give users (1000..60000), systemd's dynamic users (61184..65519) and the usual subordinate
+/// id ranges of containers (100000 up, 65536 per user).
+pub const COMPUTE_UIDS: std::ops::Range<u32> = 3_000_000_000..3_001_000_000;
+
 /// Default buffer pool when the compute config has no `resources.memory`.
 const DEFAULT_BUFFER_POOL: &str = "64M";
 const MIN_BUFFER_POOL: u64 = 16 * 1024 * 1024;
@@ -46,6 +58,8 @@ pub struct LocalDriver {
     stop_timeout: Duration,
     ready_timeout: Duration,
     instances: Mutex<HashMap<String, Instance>>,
+    /// Serialises the choice of new compute uids.
+    uids: Mutex<()>,
 }
 
 impl LocalDriver {
@@ -62,7 +76,51 @@ impl LocalDriver {
             stop_timeout,
             ready_timeout,
             instances: Mutex::new(HashMap::new()),
+            uids: Mutex::new(()),
         }
+    }
+
+    /// The OS account of the project's compute (see the module docs): its own uid when doze
+    /// runs as root, chosen and recorded on first use; doze's own account otherwise.
+    pub fn compute_owner(&self, project_id: &str) -> anyhow::Result<mariadb::Owner> {
+        if !mariadb::running_as_root() {
+            return Ok(None);
+        }
+        let _choosing = self.uids.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.project_dir(project_id).join("compute.uid");
+        if let Some(uid) = read_uid(&path)? {
+            return Ok(Some(owner_of(uid)));
+        }
+        let taken: std::collections::HashSet<u32> =
+            std::fs::read_dir(self.data_dir.join("projects"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| read_uid(&e.path().join("compute.uid")).ok().flatten())
+                .collect();
+        let mut rng = rand::rng();
+        for _ in 0..1000 {
+            let uid = rand::Rng::random_range(&mut rng, COMPUTE_UIDS);
+            let in_use = taken.contains(&uid)
+                || nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .is_some()
+                || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .is_some();
+            if !in_use {
+                write_private_file(&path, &uid.to_string())?;
+                tracing::info!(
+                    project_id,
+                    uid,
+                    "the compute runs as an OS account of its own"
+                );
+                return Ok(Some(owner_of(uid)));
+            }
+        }
+        bail!("no free uid left in {COMPUTE_UIDS:?} for the compute of project {project_id}")
     }
 
     pub fn project_dir(&self, project_id: &str) -> PathBuf {
@@ -118,7 +176,10 @@ impl LocalDriver {
         ] {
             mariadb::own_dir(dir, mode, None)?;
         }
-        mariadb::check_reachable(&self.project_dir(project_id), mariadb::compute_owner()?)
+        mariadb::check_reachable(
+            &self.project_dir(project_id),
+            self.compute_owner(project_id)?,
+        )
     }
 
     fn instances(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instance>> {
@@ -134,6 +195,7 @@ impl LocalDriver {
     ) -> anyhow::Result<ServerSpec> {
         let datadir = self.datadir(project_id);
         let mut spec = ServerSpec::in_datadir(&datadir, port);
+        spec.owner = self.compute_owner(project_id)?;
         spec.socket = self.socket_path(project_id);
         spec.secure_file_priv = Some(self.project_dir(project_id).join("files"));
         spec.max_allowed_packet = self.max_allowed_packet.clone();
@@ -144,8 +206,10 @@ impl LocalDriver {
 
     async fn ensure_storage(&self, project_id: &str) -> anyhow::Result<()> {
         let datadir = self.datadir(project_id);
+        let owner = self.compute_owner(project_id)?;
         if datadir.join("mysql").is_dir() {
-            mariadb::hand_to_compute_user(&datadir)?;
+            // Storage of an older doze (owned by `mysql`) moves to the compute's own account.
+            mariadb::hand_to(&datadir, owner)?;
             if self.admin_secret(project_id)?.is_none() {
                 // Made by a doze that left root without a password: seal it now.
                 tracing::info!(
@@ -153,7 +217,7 @@ impl LocalDriver {
                     "setting a root password on older compute storage"
                 );
                 let password = self.new_admin_secret(project_id)?;
-                mariadb::seal_root(&datadir, &password).await?;
+                mariadb::seal_root(&datadir, &password, owner).await?;
             }
             return Ok(());
         }
@@ -169,7 +233,7 @@ impl LocalDriver {
         }
         tracing::info!(project_id, datadir = %datadir.display(), "initialising compute storage");
         let password = self.new_admin_secret(project_id)?;
-        mariadb::install_db(&datadir, &password).await
+        mariadb::install_db(&datadir, &password, owner).await
     }
 
     /// Generates the compute's root password and stores it (0600) before any server gets it,
@@ -470,6 +534,25 @@ impl ComputeDriver for LocalDriver {
     fn destroy_storage<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(self.destroy_inner(project_id))
     }
+}
+
+fn read_uid(path: &Path) -> anyhow::Result<Option<u32>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u32>()
+            .map(Some)
+            .with_context(|| format!("{} does not hold a uid", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn owner_of(uid: u32) -> (nix::unistd::Uid, nix::unistd::Gid) {
+    (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(uid),
+    )
 }
 
 /// Sessions of clients in the server's own process list: not this query's connection, not
