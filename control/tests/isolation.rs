@@ -567,3 +567,68 @@ async fn each_compute_runs_as_its_own_os_user() {
     assert!(!out.status.success(), "A's account listed B's datadir");
     plane.shutdown().await;
 }
+
+/// Storage made by an older doze (root without a password, files owned by `mysql`) is sealed at
+/// its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_of_an_older_doze_is_sealed_at_its_next_start() {
+    let env = sqlite_env(|_| {}).await;
+    let plane = &env.plane;
+    let (p, _) = env.project_with_compute("legacy", "app", "pw").await;
+    let datadir = datadir_of(plane, &p);
+    std::fs::create_dir_all(&datadir).expect("datadir");
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        let mysql = nix::unistd::User::from_name("mysql")
+            .expect("passwd")
+            .expect("mysql user");
+        for dir in [
+            plane.config().data_dir.clone(),
+            plane.config().data_dir.join("projects"),
+            project_dir_of(plane, &p),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        nix::unistd::chown(&datadir, Some(mysql.uid), Some(mysql.gid)).expect("chown");
+    }
+    // What the previous doze ran: root@localhost without a password.
+    let install = doze_control::mariadb::find_binary("mariadb-install-db").expect("install-db");
+    let mut cmd = std::process::Command::new(install);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .current_dir("/tmp");
+    if root {
+        cmd.arg("--user=mysql");
+    }
+    let out = cmd.output().expect("install-db");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!project_dir_of(plane, &p).join("admin.secret").exists());
+
+    let address = plane.wake(&p).await.expect("wake");
+    assert_eq!(select_one(&address.address, "app", "pw").await, 1);
+    assert_eq!(
+        mode_of(&project_dir_of(plane, &p).join("admin.secret")),
+        0o600
+    );
+    let socket = datadir.join("mariadbd.sock");
+    let no_password = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("localhost")
+        .socket(Some(socket.to_string_lossy().into_owned()))
+        .prefer_socket(true)
+        .user(Some("root"));
+    let e = mysql_async::Conn::new(no_password)
+        .await
+        .expect_err("root without a password");
+    assert_eq!(code(&e), 1045, "{e}");
+    let mut root_conn = root_of(plane, &p).await;
+    let one: Option<i64> = root_conn.query_first("SELECT 1").await.expect("root");
+    assert_eq!(one, Some(1));
+    root_conn.disconnect().await.ok();
+    assert_eq!(mode_of(&datadir), 0o700);
+    plane.shutdown().await;
+}
