@@ -5,15 +5,21 @@
 //! [`ControlPlane::invalidate`] in process; the REST API ([`ControlPlane::admin_router`]) and the
 //! scheduler go through the same code paths.
 
-pub mod activity;
 pub mod driver;
-pub mod gateway;
 pub mod mariadb;
 pub mod metrics;
 pub mod roles;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+/// Session counts and activity per project (shared with the proxy).
+pub use doze_gateway::activity;
+
+/// What the proxy asks of the control plane: role lookups and wakes.
+pub mod gateway {
+    pub use doze_gateway::{ColdStart, LookupError, RoleLookup, WakeError, WakeInfo};
+}
 
 mod error;
 mod ops;

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use doze_control::activity::{ProjectActivity, SessionGuard};
-use doze_control::gateway::WakeInfo;
+use doze_gateway::WakeInfo;
+use doze_gateway::activity::{ProjectActivity, SessionGuard};
 use doze_protocol::Capabilities;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, field, info, info_span, warn};

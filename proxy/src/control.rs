@@ -1,15 +1,16 @@
-//! The three questions the data path asks the control plane: who is this role (and its stored
-//! hash), where is the project's compute (waking it if needed), and "that address just failed".
+//! The proxy's seam to a control plane: the four things the data path asks of it: who is this
+//! role (and its stored hash), where is the project's compute (waking it if needed), "that
+//! address just failed", and where to count a project's sessions.
 //!
-//! Two implementations: the embedded control plane (`doze serve`), and a static routes file
+//! Two implementations: the embedded control plane (`doze serve`, with the `control-plane`
+//! feature; this module holds the only adapter that names it), and a static routes file
 //! (`doze serve --routes`) for people who only want the proxy.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use doze_control::ControlPlane;
-use doze_control::activity::ProjectActivity;
-use doze_control::gateway::{LookupError, RoleLookup, WakeError, WakeInfo};
+use doze_gateway::activity::ProjectActivity;
+use doze_gateway::{LookupError, RoleLookup, WakeError, WakeInfo};
 
 /// What the proxy needs from a control plane.
 pub trait Control: Send + Sync + 'static {
@@ -30,20 +31,21 @@ pub trait Control: Send + Sync + 'static {
     fn activity(&self, project_id: &str) -> Arc<ProjectActivity>;
 }
 
-impl Control for Arc<ControlPlane> {
+#[cfg(feature = "control-plane")]
+impl Control for Arc<doze_control::ControlPlane> {
     async fn lookup_role(&self, project_key: &str, user: &str) -> Result<RoleLookup, LookupError> {
-        ControlPlane::lookup_role(self, project_key, user).await
+        doze_control::ControlPlane::lookup_role(self, project_key, user).await
     }
 
     async fn wake(&self, project_id: &str) -> Result<WakeInfo, WakeError> {
-        ControlPlane::wake(self, project_id).await
+        doze_control::ControlPlane::wake(self, project_id).await
     }
 
     fn invalidate(&self, project_id: &str) {
-        ControlPlane::invalidate(self, project_id)
+        doze_control::ControlPlane::invalidate(self, project_id)
     }
 
     fn activity(&self, project_id: &str) -> Arc<ProjectActivity> {
-        ControlPlane::activity(self).project(project_id)
+        doze_control::ControlPlane::activity(self).project(project_id)
     }
 }

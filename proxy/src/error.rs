@@ -4,7 +4,7 @@
 //! Messages sent to clients are written for a person to act on and never carry internal
 //! details such as backend addresses or stored hashes.
 
-use doze_control::gateway::{LookupError, WakeError};
+use doze_gateway::{LookupError, WakeError};
 use doze_protocol::{ErrPacket, ProtocolError};
 
 use crate::limits::Refused;

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use doze_control::activity::{Activity, ProjectActivity};
-use doze_control::gateway::{ColdStart, LookupError, RoleLookup, WakeError, WakeInfo};
+use doze_gateway::activity::{Activity, ProjectActivity};
+use doze_gateway::{ColdStart, LookupError, RoleLookup, WakeError, WakeInfo};
 use doze_protocol::native_password::parse_stored_hash;
 use serde::Deserialize;
 

@@ -161,3 +161,65 @@ fn weak_admin_tokens_are_refused() {
         assert!(err.contains("admin token"), "{err}");
     }
 }
+
+/// `doze serve --routes`: the proxy alone (what the proxy-only build runs), with `/metrics` and
+/// `/healthz` on the admin port and sessions relayed to a backend named in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_alone_serves_routes_and_metrics() {
+    let db = doze_control::testkit::MariaDb::start().await.unwrap();
+    db.create_user("app", "app-pw").await.unwrap();
+    let dir = scratch_dir("doze-routes-").unwrap();
+    let hash = doze_protocol::native_password::format_stored_hash(
+        &doze_protocol::native_password::stored_hash(b"app-pw"),
+    );
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        format!(
+            "[[project]]\nname = \"shop\"\nbackend = \"{}\"\n[[project.role]]\nname = \"app\"\npassword_hash = \"{hash}\"\n",
+            db.addr()
+        ),
+    )
+    .unwrap();
+    let admin_port = free_port();
+    let mut child = Command::new(doze())
+        .args(["serve", "--proxy-listen", "127.0.0.1:0"])
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .arg("--routes")
+        .arg(&routes)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = stderr_until(&mut child, "doze serving static routes");
+    let port: u16 = log
+        .split("proxy=127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no bound port in the log:\n{log}"));
+    assert_ne!(port, 0);
+    assert_eq!(http_status(admin_port, "/healthz", None), 200);
+    assert_eq!(http_status(admin_port, "/nope", None), 404);
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .prefer_socket(false)
+        .user(Some("shop.app"))
+        .pass(Some("app-pw"));
+    let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+    let v: Option<i64> = mysql_async::prelude::Queryable::query_first(&mut conn, "SELECT 7")
+        .await
+        .unwrap();
+    assert_eq!(v, Some(7));
+    conn.disconnect().await.unwrap();
+    assert_eq!(http_status(admin_port, "/metrics", None), 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -1,6 +1,7 @@
 //! The command line: `serve`, and `project` / `compute` / `role` over the admin API.
 
 mod admin;
+mod metrics_http;
 mod serve;
 
 use std::time::Duration;

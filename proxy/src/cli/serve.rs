@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use doze_control::activity::Activity;
-use doze_control::{ControlConfig, ControlPlane, DriverKind};
+#[cfg(feature = "control-plane")]
+use doze_control::{ControlConfig, ControlPlane, DriverKind, activity::Activity};
 use doze_proxy::static_routes::StaticRoutes;
 use doze_proxy::{Control, ProxyConfig, Shared, accept, tls};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -20,6 +20,7 @@ use tracing::{error, info};
 use super::parse_duration;
 
 #[derive(Args, Debug)]
+#[cfg_attr(not(feature = "control-plane"), allow(dead_code))]
 pub struct ServeArgs {
     /// Address the MySQL proxy listens on; applications point their drivers here.
     #[arg(long, env = "DOZE_PROXY_LISTEN", default_value = "127.0.0.1:6033")]
@@ -148,12 +149,11 @@ pub struct ServeArgs {
     reuse_port: bool,
 }
 
-pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     // Everything doze creates (state, secrets, computes' directories) is private unless doze
     // says otherwise for a given directory.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    args.admin_token = admin_token(&args)?;
     let metrics = install_metrics()?;
     let proxy_cfg = proxy_config(&args)?;
     let listener = accept::bind(&proxy_cfg)
@@ -166,15 +166,40 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let admin = TcpListener::bind(args.admin_listen)
             .await
             .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
-        tokio::spawn(serve_http(
-            admin,
-            metrics_only_router(metrics),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(super::metrics_http::serve(admin, metrics, stop_rx.clone()));
         info!(proxy = %proxy_addr, metrics = %args.admin_listen, "doze serving static routes");
         run_proxy(listener, proxy_cfg, routes, stop_rx).await;
         return Ok(());
     }
+    run_with_control_plane(args, listener, proxy_addr, proxy_cfg, metrics, stop_rx).await
+}
+
+#[cfg(not(feature = "control-plane"))]
+async fn run_with_control_plane(
+    _args: ServeArgs,
+    _listener: TcpListener,
+    _proxy_addr: SocketAddr,
+    _proxy_cfg: ProxyConfig,
+    _metrics: PrometheusHandle,
+    _stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    bail!(
+        "this doze was built without the control plane (--no-default-features): serve the proxy \
+         alone with --routes FILE, or build with the `control-plane` feature"
+    )
+}
+
+/// The full doze: control plane, admin API, scheduler and proxy, stopped in order.
+#[cfg(feature = "control-plane")]
+async fn run_with_control_plane(
+    mut args: ServeArgs,
+    listener: TcpListener,
+    proxy_addr: SocketAddr,
+    proxy_cfg: ProxyConfig,
+    metrics: PrometheusHandle,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    args.admin_token = admin_token(&args)?;
     doze_control::validate_admin_bind(&args.admin_listen, args.admin_token.as_deref())?;
     let control = ControlPlane::start(control_config(&args)?, Activity::new())
         .await
@@ -251,6 +276,7 @@ fn proxy_config(args: &ServeArgs) -> anyhow::Result<ProxyConfig> {
 }
 
 /// The admin token from --admin-token-file, DOZE_ADMIN_TOKEN or --admin-token, checked.
+#[cfg(feature = "control-plane")]
 fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     let on_command_line =
         std::env::args().any(|a| a == "--admin-token" || a.starts_with("--admin-token="));
@@ -270,6 +296,7 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     Ok(token)
 }
 
+#[cfg(feature = "control-plane")]
 fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
     let driver: DriverKind = args
         .driver
@@ -311,13 +338,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("installing the metrics recorder")
 }
 
-fn metrics_only_router(handle: PrometheusHandle) -> axum::Router {
-    use axum::routing::get;
-    axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(move || std::future::ready(handle.render())))
-}
-
+#[cfg(feature = "control-plane")]
 async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;

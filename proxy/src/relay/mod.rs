@@ -18,7 +18,7 @@ pub mod walker;
 use std::io;
 use std::sync::Arc;
 
-use doze_control::activity::ProjectActivity;
+use doze_gateway::activity::ProjectActivity;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::ProxyError;

@@ -1,10 +1,14 @@
-//! What the proxy's data path needs from the control plane, as plain types: resolve a project
-//! and one of its roles, wake the project's compute, forget a stale address.
+//! The vocabulary between doze's data path and a control plane, as plain types: the answer to
+//! "who is this role" ([`RoleLookup`]), to "where is the project's compute" ([`WakeInfo`]), why
+//! either failed, and per-project session [`activity`].
 //!
-//! The proxy calls these in process (no REST round trip). The REST `wake_compute` endpoint and
-//! `/resume` go through the same wake path.
+//! A crate of its own so that the proxy does not depend on the control plane (a proxy-only
+//! `doze` links neither the state store nor the admin API) and the control plane does not
+//! depend on the proxy: both speak this.
 
 use std::fmt;
+
+pub mod activity;
 
 /// A project and, when it exists, the stored hash of the role a client named.
 #[derive(Clone, Debug, PartialEq, Eq)]
