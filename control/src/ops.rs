@@ -3,7 +3,6 @@
 use crate::ControlPlane;
 use crate::activity::now_ms;
 use crate::driver::RoleOp;
-use crate::driver::local::{buffer_pool_for, mariadb_options};
 use crate::error::ControlError;
 use crate::gateway::WakeInfo;
 use crate::roles::{self, RoleDef};
@@ -49,15 +48,6 @@ fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
                 .into(),
         );
     }
-    Ok(())
-}
-
-fn validate_compute_config(config: &serde_json::Value) -> Result<(), String> {
-    if !config.is_object() {
-        return Err("config must be a JSON object".into());
-    }
-    buffer_pool_for(config).map_err(|e| format!("{e:#}"))?;
-    mariadb_options(config).map_err(|e| format!("{e:#}"))?;
     Ok(())
 }
 
@@ -133,14 +123,16 @@ impl ControlPlane {
         config: serde_json::Value,
     ) -> Result<Compute, ControlError> {
         let project = self.project(project_key).await?;
-        validate_compute_config(&config).map_err(ControlError::Invalid)?;
+        self.driver
+            .validate_config(&config)
+            .map_err(ControlError::Invalid)?;
         let now = now_ms() as i64;
         let compute = Compute {
             id: uuid::Uuid::new_v4().to_string(),
             project_id: project.id.clone(),
             state: ComputeState::Suspended,
             address: None,
-            pid: None,
+            handle: None,
             config,
             created_at: now,
             updated_at: now,

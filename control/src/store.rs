@@ -76,6 +76,15 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         // database-owner privilege list at its compute's next start (or adoption).
         &["UPDATE computes SET roles_dirty = 1"],
     ),
+    (
+        4,
+        // A driver-neutral handle of a running compute (a pid for the local driver, a pod's
+        // name and uid for Kubernetes) in place of the pid column, which stays unused.
+        &[
+            "ALTER TABLE computes ADD COLUMN handle TEXT",
+            "UPDATE computes SET handle = CAST(pid AS TEXT) WHERE pid IS NOT NULL",
+        ],
+    ),
 ];
 
 /// A compute's lifecycle state.
@@ -135,7 +144,8 @@ pub struct Compute {
     pub state: ComputeState,
     /// `host:port` while running.
     pub address: Option<String>,
-    pub pid: Option<i64>,
+    /// The driver's handle of the running compute (opaque here).
+    pub handle: Option<String>,
     pub config: serde_json::Value,
     pub created_at: i64,
     pub updated_at: i64,
@@ -167,7 +177,7 @@ pub struct ComputeEvent {
 pub struct Transition<'a> {
     pub to: ComputeState,
     pub address: Option<&'a str>,
-    pub pid: Option<i64>,
+    pub handle: Option<&'a str>,
     /// `Some` replaces last_error (use `Some(None)` to clear it), `None` keeps it.
     pub last_error: Option<Option<&'a str>>,
     pub reason: &'a str,
@@ -322,14 +332,14 @@ impl Store {
 
     pub async fn insert_compute(&self, c: &Compute) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO computes (id, project_id, state, address, pid, config, created_at, updated_at, last_error, roles_dirty)
+            "INSERT INTO computes (id, project_id, state, address, handle, config, created_at, updated_at, last_error, roles_dirty)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&c.id)
         .bind(&c.project_id)
         .bind(c.state.as_str())
         .bind(c.address.clone())
-        .bind(c.pid)
+        .bind(c.handle.clone())
         .bind(c.config.to_string())
         .bind(c.created_at)
         .bind(c.updated_at)
@@ -372,11 +382,11 @@ impl Store {
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE computes SET state = $1, address = $2, pid = $3, last_error = $4, updated_at = $5 WHERE id = $6",
+            "UPDATE computes SET state = $1, address = $2, handle = $3, last_error = $4, updated_at = $5 WHERE id = $6",
         )
         .bind(t.to.as_str())
         .bind(t.address.map(str::to_owned))
-        .bind(t.pid)
+        .bind(t.handle.map(str::to_owned))
         .bind(last_error.clone())
         .bind(now)
         .bind(&c.id)
@@ -399,7 +409,7 @@ impl Store {
         Ok(Compute {
             state: t.to,
             address: t.address.map(str::to_owned),
-            pid: t.pid,
+            handle: t.handle.map(str::to_owned),
             last_error,
             updated_at: now,
             ..c.clone()
@@ -574,17 +584,24 @@ fn event_id(now_ms: i64) -> String {
     format!("{now_ms:015}-{seq:012}-{}", &salt[..8])
 }
 
-const COMPUTE_SELECT: &str = "SELECT id, project_id, state, address, pid, config, created_at, updated_at, last_error, roles_dirty FROM computes";
+const COMPUTE_SELECT: &str = "SELECT id, project_id, state, address, handle, config, created_at, updated_at, last_error, roles_dirty FROM computes";
 
-fn parse_json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+/// A stored config. One that no longer parses is an error to report, never a silent `null`
+/// (which would start a compute without its options).
+fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text).with_context(|| {
+        format!(
+            "a stored config is not valid JSON ({} bytes); fix it in the state store",
+            text.len()
+        )
+    })
 }
 
 fn project_from_row(r: &AnyRow) -> anyhow::Result<Project> {
     Ok(Project {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
-        config: parse_json(&r.try_get::<String, _>("config")?),
+        config: parse_json(&r.try_get::<String, _>("config")?)?,
         created_at: r.try_get("created_at")?,
     })
 }
@@ -595,8 +612,8 @@ fn compute_from_row(r: &AnyRow) -> anyhow::Result<Compute> {
         project_id: r.try_get("project_id")?,
         state: r.try_get::<String, _>("state")?.parse()?,
         address: r.try_get("address")?,
-        pid: r.try_get("pid")?,
-        config: parse_json(&r.try_get::<String, _>("config")?),
+        handle: r.try_get("handle")?,
+        config: parse_json(&r.try_get::<String, _>("config")?)?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         last_error: r.try_get("last_error")?,

@@ -274,3 +274,184 @@ pub fn kill_mariadbd_under(root: &std::path::Path) {
         mariadb::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// A compute driver that runs nothing, for the control plane's own logic (wake, herds,
+/// back-off, suspend races, the scheduler) in milliseconds instead of seconds. Starts take a
+/// programmable delay and can be made to fail; a compute can be "killed" to look crashed.
+/// The real driver's behaviour is the business of the tests against real mariadbd.
+#[derive(Default)]
+pub struct FakeDriver {
+    state: std::sync::Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    running: std::collections::HashMap<String, crate::driver::Running>,
+    start_delay: Duration,
+    failing_starts: u32,
+    starts: u64,
+    stops: u64,
+    next_port: u16,
+    client_sessions: std::collections::HashMap<String, u64>,
+    role_ops: u64,
+}
+
+impl FakeDriver {
+    pub fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every start takes this long from now on.
+    pub fn set_start_delay(&self, delay: Duration) {
+        self.state().start_delay = delay;
+    }
+
+    /// The next `n` starts fail (after their delay).
+    pub fn fail_next_starts(&self, n: u32) {
+        self.state().failing_starts = n;
+    }
+
+    /// Starts that succeeded.
+    pub fn starts(&self) -> u64 {
+        self.state().starts
+    }
+
+    /// Stops of a running compute.
+    pub fn stops(&self) -> u64 {
+        self.state().stops
+    }
+
+    /// Role changes applied to running computes.
+    pub fn role_ops(&self) -> u64 {
+        self.state().role_ops
+    }
+
+    /// The compute dies, as a crash or `kill -9` would make it.
+    pub fn kill(&self, project_id: &str) {
+        self.state().running.remove(project_id);
+    }
+
+    /// Clients connected to the compute directly (not through doze).
+    pub fn set_client_sessions(&self, project_id: &str, n: u64) {
+        self.state()
+            .client_sessions
+            .insert(project_id.to_owned(), n);
+    }
+
+    pub fn is_running(&self, project_id: &str) -> bool {
+        self.state().running.contains_key(project_id)
+    }
+}
+
+impl crate::driver::ComputeDriver for FakeDriver {
+    fn validate_config(&self, config: &serde_json::Value) -> Result<(), String> {
+        if config.is_object() {
+            Ok(())
+        } else {
+            Err("config must be a JSON object".into())
+        }
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a crate::driver::ComputeSpec,
+    ) -> crate::driver::BoxFuture<'a, anyhow::Result<crate::driver::Running>> {
+        Box::pin(async move {
+            let delay = self.state().start_delay;
+            tokio::time::sleep(delay).await;
+            let mut state = self.state();
+            if state.running.contains_key(&spec.project_id) {
+                bail!(
+                    "the compute of project {} is already running",
+                    spec.project_id
+                );
+            }
+            if state.failing_starts > 0 {
+                state.failing_starts -= 1;
+                bail!("fake start failure (the server's error log would be here)");
+            }
+            state.starts += 1;
+            state.next_port = state.next_port.wrapping_add(1).max(1);
+            let running = crate::driver::Running {
+                address: format!("192.0.2.1:{}", state.next_port),
+                handle: Some(format!("fake-{}", state.starts)),
+            };
+            state
+                .running
+                .insert(spec.project_id.clone(), running.clone());
+            Ok(running)
+        })
+    }
+
+    fn stop<'a>(&'a self, project_id: &'a str) -> crate::driver::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut state = self.state();
+            if state.running.remove(project_id).is_some() {
+                state.stops += 1;
+            }
+            Ok(())
+        })
+    }
+
+    fn is_alive(&self, project_id: &str) -> bool {
+        self.is_running(project_id)
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        project_id: &'a str,
+        recorded: Option<crate::driver::Running>,
+    ) -> crate::driver::BoxFuture<'a, anyhow::Result<Option<crate::driver::Running>>> {
+        Box::pin(async move {
+            let state = self.state();
+            Ok(match (state.running.get(project_id), recorded) {
+                (Some(live), Some(rec)) if live.handle == rec.handle => Some(live.clone()),
+                (Some(live), None) => Some(live.clone()),
+                _ => None,
+            })
+        })
+    }
+
+    fn client_sessions<'a>(
+        &'a self,
+        project_id: &'a str,
+    ) -> crate::driver::BoxFuture<'a, anyhow::Result<u64>> {
+        Box::pin(async move {
+            Ok(self
+                .state()
+                .client_sessions
+                .get(project_id)
+                .copied()
+                .unwrap_or(0))
+        })
+    }
+
+    fn apply_roles<'a>(
+        &'a self,
+        project_id: &'a str,
+        ops: &'a [crate::driver::RoleOp],
+    ) -> crate::driver::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut state = self.state();
+            if !state.running.contains_key(project_id) {
+                bail!("the compute of project {project_id} is not running");
+            }
+            state.role_ops += ops.len() as u64;
+            Ok(())
+        })
+    }
+
+    fn destroy_storage<'a>(
+        &'a self,
+        project_id: &'a str,
+    ) -> crate::driver::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.state().running.remove(project_id);
+            Ok(())
+        })
+    }
+}

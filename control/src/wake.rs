@@ -227,7 +227,7 @@ impl ControlPlane {
             let t0 = Instant::now();
             tracing::info!("starting compute");
             match self.driver.start(&spec).await {
-                Ok(Running { address, pid }) => {
+                Ok(Running { address, handle }) => {
                     let took = t0.elapsed();
                     metrics::histogram!(m::COMPUTE_START_DURATION).record(took.as_secs_f64());
                     metrics::counter!(m::COMPUTE_STARTS).increment(1);
@@ -237,7 +237,7 @@ impl ControlPlane {
                         &starting,
                         ComputeState::Running,
                         Some(&address),
-                        pid,
+                        handle.as_deref(),
                         "wake",
                     )
                     .await
@@ -381,7 +381,7 @@ impl ControlPlane {
         for c in self.store.list_computes().await? {
             let recorded = c.address.clone().map(|address| Running {
                 address,
-                pid: c.pid,
+                handle: c.handle.clone(),
             });
             let found = self.driver.adopt(&c.project_id, recorded).await?;
             let span =
@@ -395,7 +395,7 @@ impl ControlPlane {
                         &c,
                         ComputeState::Running,
                         Some(&run.address),
-                        run.pid,
+                        run.handle.as_deref(),
                         "adopted",
                     )
                     .await?;
@@ -434,7 +434,7 @@ impl ControlPlane {
         c: &Compute,
         to: ComputeState,
         address: Option<&str>,
-        pid: Option<i64>,
+        handle: Option<&str>,
         reason: &str,
     ) -> anyhow::Result<Compute> {
         let clear = if to == ComputeState::Running {
@@ -445,7 +445,7 @@ impl ControlPlane {
         let t = Transition {
             to,
             address,
-            pid,
+            handle,
             last_error: clear,
             reason,
         };
@@ -462,7 +462,7 @@ impl ControlPlane {
         let t = Transition {
             to,
             address: None,
-            pid: None,
+            handle: None,
             last_error: Some(Some(error)),
             reason,
         };

@@ -41,7 +41,7 @@ async fn exercise(dsn: &str) {
         project_id: p.id.clone(),
         state: ComputeState::Suspended,
         address: None,
-        pid: None,
+        handle: None,
         config: json!({"image": "mariadb:latest"}),
         created_at: 2_000,
         updated_at: 2_000,
@@ -59,10 +59,10 @@ async fn exercise(dsn: &str) {
         .expect_err("one compute per project");
     assert!(is_unique_violation(&err));
 
-    let t = |to, address, pid, reason| Transition {
+    let t = |to, address, handle, reason| Transition {
         to,
         address,
-        pid,
+        handle,
         last_error: None,
         reason,
     };
@@ -73,7 +73,12 @@ async fn exercise(dsn: &str) {
     let c2 = store
         .transition(
             &c1,
-            &t(ComputeState::Running, Some("127.0.0.1:1"), Some(42), "wake"),
+            &t(
+                ComputeState::Running,
+                Some("127.0.0.1:1"),
+                Some("42"),
+                "wake",
+            ),
         )
         .await
         .expect("t2");
@@ -83,7 +88,7 @@ async fn exercise(dsn: &str) {
             &Transition {
                 to: ComputeState::Failed,
                 address: None,
-                pid: None,
+                handle: None,
                 last_error: Some(Some("boom")),
                 reason: "start failed",
             },

@@ -385,10 +385,15 @@ async fn restart_scenario(cfg: doze_control::ControlConfig) {
     assert_eq!(select_one(&info.address, "app", "phoenix-pw").await, 1);
 
     // B crashes too, and then the server dies while nobody watches.
-    let pid = adopted.pid.expect("pid recorded");
+    // The local driver's handle of a running compute is its server's pid.
+    let pid: i32 = adopted
+        .handle
+        .as_deref()
+        .and_then(|h| h.parse().ok())
+        .expect("pid recorded");
     drop(b);
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
+        nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill mariadbd");
@@ -435,14 +440,19 @@ async fn invalidate_after_a_crash_restarts_the_compute() {
     let (pid, cid) = env.project_with_compute("crashy", "app", "crash-pw").await;
     plane.wake(&pid).await.expect("wake");
     let c = plane.compute(&cid).await.expect("compute");
+    let server: u32 = c
+        .handle
+        .as_deref()
+        .and_then(|h| h.parse().ok())
+        .expect("pid");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(c.pid.expect("pid") as i32),
+        nix::unistd::Pid::from_raw(server as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
     // Exit (and io_uring teardown) of a killed server takes a moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while doze_control::driver::local::pid_alive(c.pid.expect("pid") as u32) {
+    while doze_control::driver::local::pid_alive(server) {
         assert!(
             std::time::Instant::now() < deadline,
             "killed mariadbd never exited"

@@ -293,7 +293,7 @@ impl LocalDriver {
                     }
                     return Ok(Running {
                         address: format!("127.0.0.1:{port}"),
-                        pid: Some(i64::from(pid)),
+                        handle: Some(pid.to_string()),
                     });
                 }
                 Err(e) => {
@@ -334,12 +334,11 @@ impl LocalDriver {
     }
 
     /// A live mariadbd serving this project's datadir: the recorded pid or the pid file's.
-    fn find_leftover(&self, project_id: &str, recorded: Option<i64>) -> Option<u32> {
+    fn find_leftover(&self, project_id: &str, recorded: Option<u32>) -> Option<u32> {
         let datadir = self.datadir(project_id);
         let from_file = std::fs::read_to_string(datadir.join("mariadbd.pid"))
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok());
-        let recorded = recorded.and_then(|p| u32::try_from(p).ok());
         [recorded, from_file]
             .into_iter()
             .flatten()
@@ -354,7 +353,10 @@ impl LocalDriver {
         if self.is_alive(project_id) {
             bail!("the compute of project {project_id} is already managed by this process");
         }
-        let Some(pid) = self.find_leftover(project_id, recorded.and_then(|r| r.pid)) else {
+        let recorded_pid = recorded
+            .and_then(|r| r.handle)
+            .and_then(|h| h.parse::<u32>().ok());
+        let Some(pid) = self.find_leftover(project_id, recorded_pid) else {
             return Ok(None);
         };
         let args = cmdline(pid);
@@ -373,7 +375,7 @@ impl LocalDriver {
             );
             return Ok(Some(Running {
                 address: format!("127.0.0.1:{port}"),
-                pid: Some(i64::from(pid)),
+                handle: Some(pid.to_string()),
             }));
         }
         tracing::warn!(
@@ -475,8 +477,13 @@ async fn apply_ops(conn: &mut mysql_async::Conn, ops: &[RoleOp]) -> anyhow::Resu
 }
 
 impl ComputeDriver for LocalDriver {
-    fn name(&self) -> &'static str {
-        "local"
+    fn validate_config(&self, config: &serde_json::Value) -> Result<(), String> {
+        if !config.is_object() {
+            return Err("config must be a JSON object".into());
+        }
+        buffer_pool_for(config).map_err(|e| format!("{e:#}"))?;
+        mariadb_options(config).map_err(|e| format!("{e:#}"))?;
+        Ok(())
     }
 
     fn start<'a>(&'a self, spec: &'a ComputeSpec) -> BoxFuture<'a, anyhow::Result<Running>> {

@@ -37,8 +37,10 @@ pub struct RoleSync {
 pub struct Running {
     /// `host:port` clients connect to.
     pub address: String,
-    /// OS process id, when the driver has one.
-    pub pid: Option<i64>,
+    /// What the driver needs to find this very compute again after a restart of doze (a pid
+    /// for the local driver, a pod's name and uid for Kubernetes). Opaque to everything else;
+    /// stored with the compute and handed back to [`ComputeDriver::adopt`].
+    pub handle: Option<String>,
 }
 
 /// A change to a running compute's accounts.
@@ -53,7 +55,9 @@ pub enum RoleOp {
 /// Runs computes. Implementations must be idempotent: `stop` of a stopped compute and `adopt`
 /// of a vanished one are not errors.
 pub trait ComputeDriver: Send + Sync {
-    fn name(&self) -> &'static str;
+    /// Checks a compute's `config` (resources, server options, ...) when the compute is
+    /// created, so that a bad one is refused then, with the reason, and not found at start.
+    fn validate_config(&self, config: &serde_json::Value) -> Result<(), String>;
 
     /// Starts the project's compute (initialising its storage on the first start) and returns
     /// once it accepts connections. The error message carries the reason (server log tail).
