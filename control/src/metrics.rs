@@ -1,5 +1,6 @@
-//! Metric names and helpers. doze-control only emits through the `metrics` facade; the binary
-//! installs the Prometheus recorder (configure it with [`histogram_buckets`]).
+//! Metric names and helpers. doze-control only emits through the `metrics` facade; the `doze`
+//! binary installs the Prometheus recorder with [`histogram_buckets`]'s matcher (every
+//! `*_seconds` histogram gets [`DURATION_BUCKETS`]), and so do the tests.
 
 use metrics_exporter_prometheus::Matcher;
 
@@ -20,17 +21,16 @@ pub const COMPUTES_LOST: &str = "doze_computes_lost_total";
 /// Counter: idle suspends skipped because clients were connected to the compute directly.
 pub const DIRECT_SESSIONS_SEEN: &str = "doze_idle_suspends_skipped_direct_sessions_total";
 
-/// Bucket boundaries (seconds) of both duration histograms: 1 ms .. 30 s.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0,
-];
+/// Bucket boundaries (seconds) of every duration histogram: 0.5 ms .. 30 s.
+pub use doze_gateway::DURATION_BUCKETS;
 
-/// Matchers and buckets for `PrometheusBuilder::set_buckets_for_metric`.
+/// Matchers and buckets for `PrometheusBuilder::set_buckets_for_metric`: what the binary
+/// installs.
 pub fn histogram_buckets() -> Vec<(Matcher, Vec<f64>)> {
-    [WAKE_DURATION, COMPUTE_START_DURATION]
-        .into_iter()
-        .map(|name| (Matcher::Full(name.to_owned()), DURATION_BUCKETS.to_vec()))
-        .collect()
+    vec![(
+        Matcher::Suffix("_seconds".to_owned()),
+        DURATION_BUCKETS.to_vec(),
+    )]
 }
 
 /// Registers descriptions with whatever recorder is installed.
@@ -65,10 +65,10 @@ pub fn describe() {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn buckets_cover_1ms_to_30s() {
+    fn buckets_cover_half_a_millisecond_to_30s() {
         let b = super::histogram_buckets();
-        assert_eq!(b.len(), 2);
-        assert_eq!(b[0].1.first(), Some(&0.001));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].1.first(), Some(&0.0005));
         assert_eq!(b[0].1.last(), Some(&30.0));
     }
 }

@@ -3,8 +3,6 @@
 //! Only SHA1(SHA1(password)) is ever stored (MariaDB's `mysql_native_password` form, written
 //! `*` + 40 upper-case hex digits); the password itself is neither stored, logged nor returned.
 
-use sha1::{Digest, Sha1};
-
 /// Account names MariaDB reserves for itself.
 pub const RESERVED_ROLE_NAMES: &[&str] = &["root", "mysql", "mariadb.sys", "public"];
 
@@ -63,23 +61,8 @@ pub fn validate_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// SHA1(SHA1(password)), what `mysql_native_password` stores.
-pub fn stored_hash(password: &[u8]) -> [u8; 20] {
-    let first = Sha1::digest(password);
-    Sha1::digest(first).into()
-}
-
-/// `*` + 40 upper-case hex digits.
-pub fn format_stored_hash(hash: &[u8; 20]) -> String {
-    format!("*{}", hex::encode_upper(hash))
-}
-
-/// The 20 bytes of a `*HEX` hash.
-pub fn parse_stored_hash(text: &str) -> Option<[u8; 20]> {
-    let hex_part = text.strip_prefix('*')?;
-    let bytes = hex::decode(hex_part).ok()?;
-    bytes.try_into().ok()
-}
+/// SHA1(SHA1(password)) and its `*HEX` text form: the protocol crate's, the one definition.
+pub use doze_protocol::native_password::{format_stored_hash, parse_stored_hash, stored_hash};
 
 /// Schemas of the server itself. A role gets one harmless privilege on each (`SHOW VIEW`),
 /// and nothing else there. (`performance_schema` needs no entry: MariaDB itself refuses

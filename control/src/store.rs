@@ -200,7 +200,6 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    sqlite: bool,
 }
 
 impl Store {
@@ -221,7 +220,7 @@ impl Store {
             .connect(&url)
             .await
             .with_context(|| format!("opening the state store {}", redact_dsn(dsn)))?;
-        let store = Self { pool, sqlite };
+        let store = Self { pool };
         // WAL is a property of the file; the busy timeout (sqlx's default, 5 s) is set on every
         // pooled connection by sqlx itself.
         if sqlite && !memory {
@@ -231,10 +230,6 @@ impl Store {
         }
         store.migrate().await?;
         Ok(store)
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.sqlite
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

@@ -457,7 +457,7 @@ async fn contract(env: &Env) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_contract_on_sqlite() {
     let env = sqlite_env(|_| {}).await;
-    assert!(env.plane.store().is_sqlite());
+    assert!(env.cfg.db_dsn.starts_with("sqlite:"));
     contract(&env).await;
     env.plane.shutdown().await;
 }
@@ -465,7 +465,7 @@ async fn rest_contract_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_contract_on_postgres() {
     let env = postgres_env(|_| {}).await;
-    assert!(!env.plane.store().is_sqlite());
+    assert!(env.cfg.db_dsn.starts_with("postgres:"));
     contract(&env).await;
     env.plane.shutdown().await;
 }

@@ -107,12 +107,6 @@ pub struct SessionGuard {
     project: Arc<ProjectActivity>,
 }
 
-impl SessionGuard {
-    pub fn project(&self) -> &Arc<ProjectActivity> {
-        &self.project
-    }
-}
-
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.project.touch();

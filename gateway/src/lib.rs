@@ -10,6 +10,13 @@ use std::fmt;
 
 pub mod activity;
 
+/// Bucket boundaries (seconds) of every `*_seconds` histogram doze exports, proxy and control
+/// plane alike: 0.5 ms to 30 s, dense where resume latency lives (the product's headline).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
+
 /// A project and, when it exists, the stored hash of the role a client named.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleLookup {

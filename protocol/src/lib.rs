@@ -1,8 +1,11 @@
 //! Sans-I/O MySQL/MariaDB wire protocol for the doze proxy.
 //!
 //! This crate turns bytes into packets and packets into bytes; it never touches a socket.
-//! The only I/O-adjacent piece is [`PacketCodec`], a `tokio_util::codec` implementation that
-//! frames packets for whatever transport the proxy uses.
+//! Framing is [`parse_header`] and [`write_packet`]: the proxy reads connection-phase packets
+//! with exact-length reads on top of them (a TLS ClientHello may follow an SSLRequest in the
+//! same segment and must stay in the socket) and walks headers in place in the relay.
+//! [`PacketCodec`], a `tokio_util::codec` over the same functions, frames whole streams for the
+//! benchmarks and the fuzz targets.
 //!
 //! Layout, one packet type per file, grouped by protocol phase:
 //!

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -72,7 +73,7 @@ where
         }
     }
     drop(listener);
-    drain(tracker, shared.cfg.drain_timeout).await;
+    drain(tracker, shared.cfg.drain_timeout, &shared.shutdown).await;
 }
 
 fn admit<C: Control + Clone>(
@@ -106,7 +107,9 @@ async fn refuse(mut stream: TcpStream, error: ProxyError) {
     }
 }
 
-async fn drain(tracker: TaskTracker, timeout: Duration) {
+/// Waits up to `timeout` for open sessions to end by themselves; then tells the remaining
+/// clients that the server is shutting down (ERR 1053) and closes them.
+async fn drain(tracker: TaskTracker, timeout: Duration, shutdown: &CancellationToken) {
     tracker.close();
     let open = tracker.len();
     if open > 0 {
@@ -115,7 +118,9 @@ async fn drain(tracker: TaskTracker, timeout: Duration) {
     if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
         warn!(
             open = tracker.len(),
-            "drain timeout reached; closing remaining sessions"
+            "drain timeout reached; telling the remaining clients (ERR 1053) and closing them"
         );
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
     }
 }

@@ -13,6 +13,7 @@ use doze_gateway::WakeInfo;
 use doze_gateway::activity::{ProjectActivity, SessionGuard};
 use doze_protocol::Capabilities;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::auth::{self, Attempt, Credentials};
@@ -36,6 +37,9 @@ pub struct Shared<C> {
     pub control: C,
     pub limits: Limits,
     pub throttle: Throttle,
+    /// Cancelled when a shutdown's drain timeout runs out: open sessions tell their clients
+    /// and close.
+    pub shutdown: CancellationToken,
 }
 
 impl<C> Shared<C> {
@@ -51,6 +55,7 @@ impl<C> Shared<C> {
             control,
             limits,
             throttle,
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -371,14 +376,28 @@ async fn relay_session<C: Control + Clone>(
         ClientStream::Plain(mut tcp) => {
             let (mut cr, mut cw) = tcp.split();
             relay::relay(
-                &mut cr, &mut cw, false, &mut br, &mut bw, activity, &mut auth,
+                &mut cr,
+                &mut cw,
+                false,
+                &mut br,
+                &mut bw,
+                activity,
+                &mut auth,
+                &shared.shutdown,
             )
             .await
         }
         tls @ ClientStream::Tls(_) => {
             let (mut cr, mut cw) = tokio::io::split(tls);
             relay::relay(
-                &mut cr, &mut cw, true, &mut br, &mut bw, activity, &mut auth,
+                &mut cr,
+                &mut cw,
+                true,
+                &mut br,
+                &mut bw,
+                activity,
+                &mut auth,
+                &shared.shutdown,
             )
             .await
         }

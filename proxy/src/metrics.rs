@@ -17,11 +17,8 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
-/// Buckets for the proxy's duration histograms: 0.5 ms to 30 s.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
-    10.0, 30.0,
-];
+/// Buckets of every duration histogram (the control plane's too): 0.5 ms to 30 s.
+pub use doze_gateway::DURATION_BUCKETS;
 
 /// Pre-resolved handles of the relay's hot counters.
 pub struct Hot {

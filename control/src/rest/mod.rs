@@ -255,13 +255,10 @@ fn digest(bytes: &[u8]) -> [u8; 20] {
     Sha1::digest(bytes).into()
 }
 
-/// Compares two secrets in time independent of where they differ (and of their lengths).
+/// Compares two secrets in time independent of where they differ (and of their lengths: the
+/// digests have one length).
 fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (digest(given.as_bytes()), digest(expected.as_bytes()));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    doze_protocol::native_password::ct_eq(&digest(given.as_bytes()), &digest(expected.as_bytes()))
 }
 
 /// True for a `Host` or `Origin` authority naming this machine's loopback: `localhost`,

@@ -46,7 +46,8 @@ fn effective_scramble(scramble: &[u8]) -> &[u8] {
 }
 
 /// Constant-time equality, so verification time does not leak how much of a guess matched.
-fn ct_eq(a: &[u8; HASH_LEN], b: &[u8; HASH_LEN]) -> bool {
+/// Also what the admin API compares token digests with.
+pub fn ct_eq(a: &[u8; HASH_LEN], b: &[u8; HASH_LEN]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use doze_gateway::activity::ProjectActivity;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ProxyError;
 use crate::metrics;
@@ -185,8 +186,11 @@ impl Pipe {
     }
 }
 
-/// Relays until either side closes. `auth` carries what COM_CHANGE_USER needs;
-/// `client_flushes` is true when the client writer buffers (TLS).
+/// Relays until either side closes, or `shutdown` is cancelled (the drain timeout of a
+/// shutdown ran out): then the client is told (ERR 1053) before the session is closed.
+/// `auth` carries what COM_CHANGE_USER needs; `client_flushes` is true when the client writer
+/// buffers (TLS).
+#[allow(clippy::too_many_arguments)]
 pub async fn relay<CR, CW, BR, BW, A>(
     client_r: &mut CR,
     client_w: &mut CW,
@@ -195,6 +199,7 @@ pub async fn relay<CR, CW, BR, BW, A>(
     backend_w: &mut BW,
     activity: &Arc<ProjectActivity>,
     auth: &mut A,
+    shutdown: &CancellationToken,
 ) -> Result<End, ProxyError>
 where
     CR: AsyncRead + Unpin,
@@ -232,8 +237,27 @@ where
                     Step::ChangeUser => {}
                 }
             }
+            () = shutdown.cancelled() => {
+                tell_shutdown(&mut down, client_w).await;
+                return Err(ProxyError::ShuttingDown);
+            }
         }
     }
+}
+
+/// Sends the client ERR 1053 (server shutdown in progress), as MariaDB does to the sessions it
+/// closes on shutdown: after what the compute already sent, as the answer to the client's next
+/// command (sequence id 1). At most a second is spent on a client that does not read.
+async fn tell_shutdown<W: AsyncWrite + Unpin>(down: &mut Pipe, client_w: &mut W) {
+    let Some(err) = ProxyError::ShuttingDown.to_err_packet() else {
+        return;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        flush_all(down, client_w).await?;
+        crate::stream::send_err(client_w, 1, &err).await;
+        client_w.flush().await
+    })
+    .await;
 }
 
 /// Writes out everything a pipe still holds for its writer.
