@@ -129,6 +129,9 @@ PROXY_PORT=$(free_port) || die "no free port"
 ADMIN_PORT=$(free_port) || die "no free port"
 HAPROXY_PORT=$(free_port) || die "no free port"
 mkdir -p "$WORK/doze"
+# The admin API always needs a token: hand doze and the load generator the same one.
+DOZE_ADMIN_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export DOZE_ADMIN_TOKEN
 log "starting doze: proxy 127.0.0.1:$PROXY_PORT, admin 127.0.0.1:$ADMIN_PORT"
 "$DOZE" serve --proxy-listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --db-dsn "sqlite://$WORK/doze/state.db" --data-dir "$WORK/doze" \
@@ -146,9 +149,9 @@ log "doze is up (pid $DOZE_PID)"
 api() { # api METHOD PATH [JSON]
   local out
   if [ $# -ge 3 ]; then
-    out=$(curl -sS -X "$1" -H 'content-type: application/json' -d "$3" -w '\n%{http_code}' "$ADMIN$2")
+    out=$(curl -sS -X "$1" -H "authorization: Bearer $DOZE_ADMIN_TOKEN" -H 'content-type: application/json' -d "$3" -w '\n%{http_code}' "$ADMIN$2")
   else
-    out=$(curl -sS -X "$1" -w '\n%{http_code}' "$ADMIN$2")
+    out=$(curl -sS -X "$1" -H "authorization: Bearer $DOZE_ADMIN_TOKEN" -w '\n%{http_code}' "$ADMIN$2")
   fi || return 1
   local code=${out##*$'\n'} body=${out%$'\n'*}
   if [ "${code:0:1}" != 2 ]; then log "$1 $2 -> HTTP $code: $body"; return 1; fi

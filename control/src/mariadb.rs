@@ -72,18 +72,38 @@ pub const TRAVERSE_ONLY_DIR: u32 = 0o711;
 /// Creates `dir` (one level: its parent must exist) when missing, then sets its owner and
 /// mode, whatever they were. Never touches a parent: directories doze did not create keep
 /// their modes.
+/// A symbolic link where a directory belongs is refused, never followed: someone may have
+/// planted it (a shared temp dir) to make doze chown or chmod its target.
 pub fn own_dir(dir: &Path, mode: u32, owner: Option<(Uid, Gid)>) -> anyhow::Result<()> {
     match std::fs::create_dir(dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
     }
-    if let Some((uid, gid)) = owner {
-        nix::unistd::chown(dir, Some(uid), Some(gid))
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if !meta.file_type().is_dir() {
+        bail!(
+            "{} should be a directory of doze's, but is a {}; remove it",
+            dir.display(),
+            if meta.file_type().is_symlink() {
+                "symbolic link"
+            } else {
+                "file"
+            }
+        );
+    }
+    if let Some((uid, gid)) = owner
+        && (meta.uid() != uid.as_raw() || meta.gid() != gid.as_raw())
+    {
+        std::os::unix::fs::lchown(dir, Some(uid.as_raw()), Some(gid.as_raw()))
             .with_context(|| format!("chown {}", dir.display()))?;
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {mode:o} {}", dir.display()))
+    if meta.mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {mode:o} {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Checks that the compute user can pass through every directory above `dir`. doze does not
@@ -120,29 +140,44 @@ pub fn check_reachable(dir: &Path, owner: Option<(Uid, Gid)>) -> anyhow::Result<
 
 /// Gives `dir` and everything below it to `owner`, makes `dir` private (0700), and checks
 /// `owner` can reach it.
+///
+/// The tree is walked only when `dir` is not `owner`'s yet (a new data directory, or storage
+/// moving to the compute's own account): not on every start, and never through a symbolic
+/// link (each entry is changed with `lchown`, and only real directories are entered).
 pub fn hand_to(dir: &Path, owner: Owner) -> anyhow::Result<()> {
     if let Some((uid, gid)) = owner {
-        chown_recursive(dir, uid, gid)?;
+        let meta = std::fs::symlink_metadata(dir)?;
+        if meta.uid() != uid.as_raw() || meta.gid() != gid.as_raw() {
+            chown_tree(dir, uid, gid)?;
+        }
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR))
         .with_context(|| format!("chmod 700 {}", dir.display()))?;
     check_reachable(dir, owner)
 }
 
-fn chown_recursive(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
-    nix::unistd::chown(dir, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", dir.display()))?;
-    if dir.is_dir() {
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_symlink() {
-                continue;
-            }
-            chown_recursive(&path, uid, gid)?;
+fn chown_tree(path: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw()))
+        .with_context(|| format!("chown {}", path.display()))?;
+    if std::fs::symlink_metadata(path)?.file_type().is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
         }
     }
     Ok(())
+}
+
+/// Makes `cmd` start with a clean environment: only what a server needs. doze's own
+/// environment holds its secrets (`DOZE_DB_DSN`, `DOZE_ADMIN_TOKEN`), and a compute can read
+/// its own `/proc/PID/environ`.
+fn clean_env(cmd: &mut Command, tmp: &Path) {
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LANG", "C")
+        .env("TMPDIR", tmp);
 }
 
 /// A random administrative password: 32 characters from a 62-letter alphabet (190 bits).
@@ -169,8 +204,8 @@ pub async fn install_db(datadir: &Path, root_password: &str, owner: Owner) -> an
     let tmp = private_tmpdir(datadir, owner)?;
     let install = find_binary("mariadb-install-db")?;
     let mut cmd = Command::new(&install);
-    cmd.env("TMPDIR", &tmp)
-        .current_dir(&tmp)
+    clean_env(&mut cmd, &tmp);
+    cmd.current_dir(&tmp)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", datadir.display()))
         .arg("--auth-root-authentication-method=normal")
@@ -206,8 +241,8 @@ pub async fn seal_root(datadir: &Path, root_password: &str, owner: Owner) -> any
     let tmp = private_tmpdir(datadir, owner)?;
     let mariadbd = find_binary("mariadbd")?;
     let mut cmd = Command::new(&mariadbd);
-    cmd.env("TMPDIR", &tmp)
-        .current_dir(&tmp)
+    clean_env(&mut cmd, &tmp);
+    cmd.current_dir(&tmp)
         .arg("--no-defaults")
         .arg("--bootstrap")
         .arg(format!("--datadir={}", datadir.display()))
@@ -221,8 +256,19 @@ pub async fn seal_root(datadir: &Path, root_password: &str, owner: Owner) -> any
         .with_context(|| format!("starting {} --bootstrap", mariadbd.display()))?;
     // Bootstrap runs without the grant tables loaded, so ALTER USER is refused: the account
     // row is written directly, in the form MariaDB itself uses.
+    // Every account but root@localhost and MariaDB's own goes, with every grant: storage of
+    // an older doze, whose roles had ALL PRIVILEGES, may hold accounts a tenant created for
+    // itself. doze's roles are created again (with their current privileges) before the
+    // compute serves anyone.
     let sql = format!(
-        "DELETE FROM mysql.global_priv WHERE User = 'root' AND Host <> 'localhost';\n\
+        "DELETE FROM mysql.global_priv WHERE NOT (Host = 'localhost' AND User IN ('root', 'mariadb.sys')) \
+           AND NOT (User = 'PUBLIC' AND Host = '');\n\
+         DELETE FROM mysql.db WHERE NOT (User = 'mariadb.sys' AND Host = 'localhost');\n\
+         DELETE FROM mysql.tables_priv WHERE NOT (User = 'mariadb.sys' AND Host = 'localhost');\n\
+         DELETE FROM mysql.columns_priv WHERE NOT (User = 'mariadb.sys' AND Host = 'localhost');\n\
+         DELETE FROM mysql.procs_priv WHERE NOT (User = 'mariadb.sys' AND Host = 'localhost');\n\
+         DELETE FROM mysql.roles_mapping;\n\
+         DELETE FROM mysql.proxies_priv WHERE NOT (User = 'root' AND Host = 'localhost');\n\
          UPDATE mysql.global_priv SET Priv = JSON_SET(Priv, '$.plugin', 'mysql_native_password', \
          '$.authentication_string', PASSWORD('{root_password}')) \
          WHERE User = 'root' AND Host = 'localhost';\n"
@@ -348,7 +394,8 @@ impl ServerSpec {
         let mariadbd = find_binary("mariadbd")?;
         let mut cmd = Command::new(&mariadbd);
         let tmp = private_tmpdir(&self.datadir, self.owner)?;
-        cmd.env("TMPDIR", &tmp).current_dir(&tmp);
+        clean_env(&mut cmd, &tmp);
+        cmd.current_dir(&tmp);
         if let Some(dir) = self.socket.parent()
             && dir != self.datadir
         {

@@ -191,6 +191,10 @@ async fn login_client<C: Control>(
         field::display(names::for_log(&route.project_key)),
     );
     span.record("user", field::display(names::for_log(&route.user)));
+    if let Err(what) = names::check_login_names(&route.user, route.database.as_deref()) {
+        metrics::auth_failure("bad_name");
+        return fail(stream, next_seq, ProxyError::BadName(what)).await;
+    }
     let lookup = match shared
         .control
         .lookup_role(&route.project_key, &route.user)

@@ -56,8 +56,12 @@ pub enum ProxyError {
     BackendProtocol(#[source] ProtocolError),
     /// The backend answered the login with an ERR (unknown database, too many connections...):
     /// the client gets that very ERR.
-    #[error("backend refused the login: {}", .0.message)]
+    #[error("backend refused the login: {}", names::for_log(&.0.message))]
     BackendErr(ErrPacket),
+    /// A user or database name longer than any the compute could hold, or with control
+    /// characters: refused before it costs a lookup or a cache entry.
+    #[error("{0}")]
+    BadName(&'static str),
     #[error("backend lacks capabilities the client agreed to: {0}")]
     BackendIncompatible(String),
     #[error("COM_CHANGE_USER refused: {0}")]
@@ -90,6 +94,7 @@ impl ProxyError {
             ProxyError::BackendLoginTimeout(_) => "backend_login_timeout",
             ProxyError::BackendProtocol(_) => "backend_protocol",
             ProxyError::BackendErr(_) => "backend_rejected",
+            ProxyError::BadName(_) => "bad_name",
             ProxyError::BackendIncompatible(_) => "backend_incompatible",
             ProxyError::ChangeUserRefused(_) => "change_user_refused",
             ProxyError::ShuttingDown => "shutting_down",
@@ -191,6 +196,7 @@ impl ProxyError {
                 "doze: the project's compute sent an unexpected reply".to_owned(),
             ),
             ProxyError::BackendErr(err) => return Some(err.clone()),
+            ProxyError::BadName(what) => (1045, "28000", format!("doze: {what}")),
             ProxyError::BackendIncompatible(m) => (
                 1105,
                 "HY000",
@@ -216,6 +222,7 @@ impl ProxyError {
                 | ProxyError::TlsRequired
                 | ProxyError::ClientTooOld
                 | ProxyError::NoProject
+                | ProxyError::BadName(_)
                 | ProxyError::UnknownProject(_)
                 | ProxyError::AccessDenied { .. }
                 | ProxyError::ChangeUserRefused(_)

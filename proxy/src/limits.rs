@@ -49,6 +49,7 @@ impl Limits {
 
     /// A login slot for a connection from `ip`.
     pub fn login_slot(&self, ip: IpAddr) -> Result<LoginSlot, Refused> {
+        let ip = crate::throttle::address_key(ip);
         {
             let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
             let held = by_ip.entry(ip).or_insert(0);
@@ -78,6 +79,7 @@ impl Limits {
 
     /// Login slots held by `ip` now (for tests and logs).
     pub fn pending_from(&self, ip: IpAddr) -> usize {
+        let ip = crate::throttle::address_key(ip);
         let by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         by_ip.get(&ip).copied().unwrap_or(0)
     }

@@ -28,6 +28,25 @@ pub fn for_message(name: &str) -> String {
     }
 }
 
+/// Longest user name a role can have (doze's role names are 1-80 characters).
+pub const MAX_USER_CHARS: usize = 80;
+/// Longest database name MariaDB accepts.
+pub const MAX_DATABASE_CHARS: usize = 64;
+
+/// Refuses a routed user or database name that no compute could hold: too long, or with
+/// control characters. Checked before any lookup, so junk names cost no cache entry.
+pub fn check_login_names(user: &str, database: Option<&str>) -> Result<(), &'static str> {
+    if user.chars().count() > MAX_USER_CHARS || user.chars().any(char::is_control) {
+        return Err("the user name is longer than 80 characters or has control characters");
+    }
+    if let Some(db) = database
+        && (db.chars().count() > MAX_DATABASE_CHARS || db.chars().any(char::is_control))
+    {
+        return Err("the database name is longer than 64 characters or has control characters");
+    }
+    Ok(())
+}
+
 fn head(name: &str) -> (&str, bool) {
     match name.char_indices().nth(SHOWN_CHARS) {
         Some((at, _)) => (&name[..at], true),
@@ -49,6 +68,16 @@ mod tests {
         }
         assert_eq!(for_log("shop.app"), "\"shop.app\"");
         assert_eq!(for_message("app"), "app");
+    }
+
+    #[test]
+    fn login_names_are_bounded() {
+        assert!(check_login_names("app", Some("shop")).is_ok());
+        assert!(check_login_names(&"x".repeat(80), None).is_ok());
+        assert!(check_login_names(&"x".repeat(81), None).is_err());
+        assert!(check_login_names("a\nb", None).is_err());
+        assert!(check_login_names("app", Some(&"d".repeat(65))).is_err());
+        assert!(check_login_names("app", Some("x\n--forged")).is_err());
     }
 
     #[test]

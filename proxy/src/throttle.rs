@@ -110,7 +110,7 @@ impl Throttle {
             .unwrap_or_default();
         let address_wait = self
             .addresses
-            .get(&attempt.ip)
+            .get(&address_key(attempt.ip))
             .map(|e| {
                 let mut entry = lock(&e);
                 let delay = self.backoff.delay(entry.failures);
@@ -118,7 +118,13 @@ impl Throttle {
                     return Duration::ZERO;
                 }
                 let now = Instant::now();
-                let after = entry.last_answer.map_or(now, |t| t.max(now));
+                // Spaced after the last answer, but never queued further out than one
+                // maximum delay: attempts an attacker abandoned must not push the real user
+                // of a shared address (NAT, a load balancer) past the handshake timeout.
+                let after = entry
+                    .last_answer
+                    .map_or(now, |t| t.max(now))
+                    .min(now + self.backoff.max);
                 let answer_at = after + delay;
                 entry.last_answer = Some(answer_at);
                 answer_at - now
@@ -135,17 +141,36 @@ impl Throttle {
     pub fn failed(&self, attempt: Attempt<'_>) {
         for entry in [
             self.roles.get_with(role_key(attempt), Shared::default),
-            self.addresses.get_with(attempt.ip, Shared::default),
+            self.addresses
+                .get_with(address_key(attempt.ip), Shared::default),
         ] {
             let mut e = lock(&entry);
             e.failures = e.failures.saturating_add(1);
         }
     }
 
-    /// Records a right password: the role and the address start afresh.
+    /// Records a right password: the role starts afresh, and the address is forgiven the
+    /// free failures (a user who mistyped and then got it right), not more: otherwise a guesser
+    /// could clear its address's record by logging in to a project of its own in between.
     pub fn succeeded(&self, attempt: Attempt<'_>) {
         self.roles.invalidate(&role_key(attempt));
-        self.addresses.invalidate(&attempt.ip);
+        if let Some(entry) = self.addresses.get(&address_key(attempt.ip)) {
+            let mut e = lock(&entry);
+            e.failures = e.failures.saturating_sub(FREE_FAILURES);
+        }
+    }
+}
+
+/// The address an attempt is counted under: IPv4 as it is, IPv6 by its /64 (one subscriber
+/// usually holds a whole /64, so counting single addresses would give it 2^64 fresh starts).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+        v4 => v4,
     }
 }
 
@@ -213,6 +238,47 @@ mod tests {
         let waits: Vec<Duration> = (0..3).map(|_| t.wait_before_check(a)).collect();
         assert!(waits[0] >= Duration::from_millis(90), "{waits:?}");
         assert!(waits[1] >= Duration::from_millis(190), "{waits:?}");
-        assert!(waits[2] >= Duration::from_millis(290), "{waits:?}");
+        // Never queued further than one maximum delay past the next free slot.
+        assert!(waits[2] <= Duration::from_millis(200), "{waits:?}");
+        let many: Vec<Duration> = (0..1000).map(|_| t.wait_before_check(a)).collect();
+        assert!(
+            many.iter().all(|w| *w <= Duration::from_millis(200)),
+            "a lockout"
+        );
+    }
+
+    #[test]
+    fn ipv6_is_counted_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(other));
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().expect("ip");
+        assert_eq!(
+            address_key(mapped),
+            "127.0.0.2".parse::<IpAddr>().expect("ip")
+        );
+    }
+
+    #[test]
+    fn a_success_elsewhere_forgives_only_the_free_failures() {
+        let t = Throttle::new(Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        });
+        let guess = attempt([127, 0, 0, 7]);
+        for _ in 0..10 {
+            t.failed(guess);
+        }
+        t.succeeded(Attempt {
+            project_id: "mine",
+            ..guess
+        });
+        let other_role = Attempt {
+            user: "other",
+            ..guess
+        };
+        assert!(t.wait_before_check(other_role) > Duration::ZERO);
     }
 }

@@ -172,3 +172,22 @@ async fn a_huge_user_name_is_not_echoed_back_in_full() {
     assert_eq!(server_code(&err), Some(1049), "{err}");
     assert!(err.to_string().len() < 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_left_at_the_drain_timeout_are_told_the_server_is_shutting_down() {
+    let db = backend().await;
+    let cfg = ProxyConfig {
+        drain_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), cfg).await;
+    let mut idle = connect(proxy.addr, "shop.app", None).await.unwrap();
+    let stopped = tokio::spawn(proxy.stop());
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the drain ends at its timeout")
+        .unwrap();
+    let err = idle.query_drop("SELECT 1").await.unwrap_err();
+    assert_eq!(server_code(&err), Some(1053), "{err}");
+    assert!(err.to_string().contains("shutdown"), "{err}");
+}

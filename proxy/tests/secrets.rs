@@ -223,3 +223,63 @@ async fn the_proxy_alone_serves_routes_and_metrics() {
     .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// Without a token, doze makes one (0600 in its data dir) instead of trusting every local
+/// user, and the CLI finds it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_doze_generates_one_that_only_its_user_can_read() {
+    let dir = scratch_dir("doze-gentoken-").unwrap();
+    let data = dir.path().join("data");
+    let admin_port = free_port();
+    let mut child = Command::new(doze())
+        .args(["serve", "--proxy-listen", "127.0.0.1:0"])
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--db-dsn")
+        .arg(format!("sqlite://{}/state.db", data.display()))
+        .env_remove("DOZE_ADMIN_TOKEN")
+        .env_remove("DOZE_ADMIN_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = stderr_until(&mut child, "doze is up");
+    assert!(log.contains("doze is up"), "{log}");
+    let token_file = data.join("admin.token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(token.len() >= 32);
+    assert!(!log.contains(&token), "the token was logged");
+    assert_eq!(http_status(admin_port, "/api/v1/projects", None), 401);
+    assert_eq!(
+        http_status(admin_port, "/api/v1/projects", Some(&token)),
+        200
+    );
+    let cli = Command::new(doze())
+        .args(["project", "create", "cli-made"])
+        .arg("--admin")
+        .arg(format!("http://127.0.0.1:{admin_port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("DOZE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}

@@ -41,6 +41,11 @@ use crate::roles::{self, RESERVED_ROLE_NAMES};
 /// id ranges of containers (100000 up, 65536 per user).
 pub const COMPUTE_UIDS: std::ops::Range<u32> = 3_000_000_000..3_001_000_000;
 
+/// Bound of doze's root login to a compute (its socket accepts even when the server hangs).
+const ROOT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of doze's administrative work in a compute (role changes, the process list).
+const ROOT_WORK_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Default buffer pool when the compute config has no `resources.memory`.
 const DEFAULT_BUFFER_POOL: &str = "64M";
 const MIN_BUFFER_POOL: u64 = 16 * 1024 * 1024;
@@ -60,6 +65,8 @@ pub struct LocalDriver {
     instances: Mutex<HashMap<String, Instance>>,
     /// Serialises the choice of new compute uids.
     uids: Mutex<()>,
+    /// Serialises setting root passwords on running older computes.
+    sealing: tokio::sync::Mutex<()>,
 }
 
 impl LocalDriver {
@@ -77,6 +84,7 @@ impl LocalDriver {
             ready_timeout,
             instances: Mutex::new(HashMap::new()),
             uids: Mutex::new(()),
+            sealing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -216,8 +224,9 @@ impl LocalDriver {
                     project_id,
                     "setting a root password on older compute storage"
                 );
-                let password = self.new_admin_secret(project_id)?;
+                let password = self.pending_admin_secret(project_id)?;
                 mariadb::seal_root(&datadir, &password, owner).await?;
+                self.commit_admin_secret(project_id)?;
             }
             return Ok(());
         }
@@ -232,16 +241,31 @@ impl LocalDriver {
             std::fs::remove_dir_all(&datadir)?;
         }
         tracing::info!(project_id, datadir = %datadir.display(), "initialising compute storage");
-        let password = self.new_admin_secret(project_id)?;
-        mariadb::install_db(&datadir, &password, owner).await
+        let password = self.pending_admin_secret(project_id)?;
+        mariadb::install_db(&datadir, &password, owner).await?;
+        self.commit_admin_secret(project_id)
     }
 
-    /// Generates the compute's root password and stores it (0600) before any server gets it,
-    /// so that doze can never lock itself out.
-    fn new_admin_secret(&self, project_id: &str) -> anyhow::Result<String> {
+    /// Generates a root password and stores it (0600) as pending before any server gets it,
+    /// so that doze can never lock itself out: [`LocalDriver::commit_admin_secret`] makes it
+    /// the compute's once the server has it, and a failure in between leaves the old state
+    /// (no secret: sealing is tried again at the next start).
+    fn pending_admin_secret(&self, project_id: &str) -> anyhow::Result<String> {
         let password = mariadb::new_admin_password();
-        write_private_file(&self.admin_secret_path(project_id), &password)?;
+        write_private_file(&self.pending_secret_path(project_id), &password)?;
         Ok(password)
+    }
+
+    fn commit_admin_secret(&self, project_id: &str) -> anyhow::Result<()> {
+        std::fs::rename(
+            self.pending_secret_path(project_id),
+            self.admin_secret_path(project_id),
+        )
+        .context("recording the compute's root password")
+    }
+
+    fn pending_secret_path(&self, project_id: &str) -> PathBuf {
+        self.project_dir(project_id).join("admin.secret.pending")
     }
 
     async fn start_inner(&self, spec: &ComputeSpec) -> anyhow::Result<Running> {
@@ -250,9 +274,9 @@ impl LocalDriver {
             bail!("the compute of project {project_id} is already running");
         }
         self.instances().remove(project_id);
-        self.prepare_project_dir(project_id)?;
-        self.ensure_storage(project_id).await?;
-        // Never two servers on one datadir: stop anything a previous run left behind.
+        // Never two servers on one datadir: stop anything a previous run left behind, before
+        // the storage is touched (a bootstrap run next to a live server would fail on InnoDB's
+        // locks).
         if let Some(pid) = self.find_leftover(project_id, None) {
             tracing::warn!(
                 project_id,
@@ -261,6 +285,8 @@ impl LocalDriver {
             );
             stop_pid(pid, self.stop_timeout).await;
         }
+        self.prepare_project_dir(project_id)?;
+        self.ensure_storage(project_id).await?;
         let mut last_err = None;
         for attempt in 0..3 {
             let port = mariadb::free_port()?;
@@ -398,40 +424,61 @@ impl LocalDriver {
             None => self.seal_running(project_id, &socket).await?,
         };
         let opts = root_opts(&socket).pass(Some(password));
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + ROOT_CONNECT_TIMEOUT;
         loop {
-            match mysql_async::Conn::new(opts.clone()).await {
-                Ok(c) => return Ok(c),
-                Err(e) if Instant::now() >= deadline => {
+            // A hung server (stopped, overloaded) accepts the socket and never greets: every
+            // attempt is bounded, so the scheduler and role changes never hang on it.
+            let attempt =
+                tokio::time::timeout_at(deadline.into(), mysql_async::Conn::new(opts.clone()));
+            match attempt.await {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) if Instant::now() >= deadline => {
                     return Err(anyhow::Error::new(e)
                         .context("connecting to the compute as root over its socket"));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(_) => bail!(
+                    "the compute did not answer doze's root login within {ROOT_CONNECT_TIMEOUT:?}"
+                ),
             }
         }
     }
 
-    /// A compute adopted from a doze that left root without a password: set one now.
+    /// A compute adopted from a doze that left root without a password: set one now. One at
+    /// a time (the scheduler and a role change may both get here), re-checked under the lock.
     async fn seal_running(&self, project_id: &str, socket: &Path) -> anyhow::Result<String> {
+        let _one_at_a_time = self.sealing.lock().await;
+        if let Some(done) = self.admin_secret(project_id)? {
+            return Ok(done);
+        }
         tracing::info!(
             project_id,
             "setting a root password on a running older compute"
         );
-        let mut conn = mysql_async::Conn::new(root_opts(socket))
+        let connect = mysql_async::Conn::new(root_opts(socket));
+        let mut conn = tokio::time::timeout(ROOT_CONNECT_TIMEOUT, connect)
             .await
+            .context("the older compute did not answer")?
             .context("connecting as root to an older compute to set its password")?;
-        let password = self.new_admin_secret(project_id)?;
+        let password = self.pending_admin_secret(project_id)?;
         conn.query_drop(format!(
             "ALTER USER 'root'@'localhost' IDENTIFIED BY '{password}'"
         ))
         .await?;
+        self.commit_admin_secret(project_id)?;
         let _ = conn.disconnect().await;
         Ok(password)
     }
 
     async fn apply(&self, project_id: &str, ops: &[RoleOp]) -> anyhow::Result<()> {
         let mut conn = self.root_conn(project_id).await?;
-        let result = apply_ops(&mut conn, ops).await;
+        let result = tokio::time::timeout(ROOT_WORK_TIMEOUT, apply_ops(&mut conn, ops))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "role changes took over {ROOT_WORK_TIMEOUT:?}"
+                ))
+            });
         let _ = conn.disconnect().await;
         result
     }
@@ -532,7 +579,12 @@ impl ComputeDriver for LocalDriver {
     fn client_sessions<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<u64>> {
         Box::pin(async move {
             let mut conn = self.root_conn(project_id).await?;
-            let count: Option<u64> = conn.query_first(CLIENT_SESSIONS_SQL).await?;
+            let count = tokio::time::timeout(
+                ROOT_WORK_TIMEOUT,
+                conn.query_first::<u64, _>(CLIENT_SESSIONS_SQL),
+            )
+            .await
+            .context("the compute did not answer its process list in time")??;
             let _ = conn.disconnect().await;
             Ok(count.unwrap_or(0))
         })

@@ -23,6 +23,10 @@ pub struct AdminConn {
     /// File holding the admin token (its first line); wins over --admin-token.
     #[arg(long, env = "DOZE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<std::path::PathBuf>,
+
+    /// Data dir of the doze serve to talk to: without a token or token file, the token it generated is read from <data-dir>/admin.token.
+    #[arg(long, env = "DOZE_DATA_DIR", default_value = "./doze-data")]
+    data_dir: std::path::PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -323,9 +327,10 @@ async fn call(
 ) -> anyhow::Result<Value> {
     let url = format!("{}{}", conn.admin.trim_end_matches('/'), path);
     let mut request = Request::builder().method(method).uri(&url);
-    let token = match &conn.admin_token_file {
-        Some(path) => Some(super::read_token_file(path)?),
-        None => conn.admin_token.clone(),
+    let token = match (&conn.admin_token_file, &conn.admin_token) {
+        (Some(path), _) => Some(super::read_token_file(path)?),
+        (None, Some(token)) => Some(token.clone()),
+        (None, None) => super::read_token_file(&conn.data_dir.join(super::ADMIN_TOKEN_FILE)).ok(),
     };
     if let Some(token) = &token {
         request = request.header("authorization", format!("Bearer {token}"));
@@ -363,7 +368,10 @@ async fn call(
         .map(str::to_owned)
         .unwrap_or_else(|| value.to_string());
     if status == StatusCode::UNAUTHORIZED {
-        bail!("{message} (pass --admin-token or set DOZE_ADMIN_TOKEN)");
+        bail!(
+            "{message} (set DOZE_ADMIN_TOKEN, pass --admin-token-file, or --data-dir of the doze \
+             serve whose generated admin.token to use)"
+        );
     }
     bail!("{status}: {message}")
 }

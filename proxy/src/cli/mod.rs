@@ -44,6 +44,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Where `doze serve` keeps the admin token it generated, inside its data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 /// The first line of a token file, without surrounding whitespace.
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;

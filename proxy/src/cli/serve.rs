@@ -54,9 +54,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     check_interval: Duration,
 
-    /// Bearer token required on every /api route (at least 16 characters, no spaces). Required
-    /// when --admin-listen is not loopback. Prefer DOZE_ADMIN_TOKEN or --admin-token-file: a
-    /// flag's value is visible to every local user in `ps` and /proc/PID/cmdline.
+    /// Bearer token required on every /api route (at least 16 characters, no spaces). Without one, doze generates one into <data-dir>/admin.token (0600), where the doze CLI finds it. Prefer DOZE_ADMIN_TOKEN or --admin-token-file to this flag: a flag's value is visible to every local user in `ps` and /proc/PID/cmdline.
     #[arg(long, env = "DOZE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
 
@@ -199,7 +197,10 @@ async fn run_with_control_plane(
     metrics: PrometheusHandle,
     stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    args.admin_token = admin_token(&args)?;
+    args.admin_token = match admin_token(&args)? {
+        Some(token) => Some(token),
+        None => Some(generated_admin_token(&args.data_dir)?),
+    };
     doze_control::validate_admin_bind(&args.admin_listen, args.admin_token.as_deref())?;
     let control = ControlPlane::start(control_config(&args)?, Activity::new())
         .await
@@ -293,6 +294,33 @@ fn admin_token(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     if let Some(t) = &token {
         doze_control::validate_admin_token(t)?;
     }
+    Ok(token)
+}
+
+/// Without a token, anyone on this machine could administer every project (set a role's
+/// password, then log in as it). So there is always one: when none is given, doze keeps one in
+/// `<data_dir>/admin.token` (0600, made once and reused), which the `doze` CLI reads from
+/// there, like a database's local socket only its owner may use.
+#[cfg(feature = "control-plane")]
+fn generated_admin_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join(super::ADMIN_TOKEN_FILE);
+    if let Ok(existing) = super::read_token_file(&path)
+        && doze_control::validate_admin_token(&existing).is_ok()
+    {
+        info!(path = %path.display(), "admin API token: the one kept in the data dir");
+        return Ok(existing);
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let token: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..32)
+            .map(|_| format!("{:02x}", rng.random::<u8>()))
+            .collect()
+    };
+    doze_control::driver::local::write_private_file(&path, &format!("{token}\n"))?;
+    info!(path = %path.display(), "no admin token given: generated one (the doze CLI reads it from there)");
     Ok(token)
 }
 
