@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use doze_gateway::WakeInfo;
 use doze_gateway::activity::{ProjectActivity, SessionGuard};
 use doze_protocol::Capabilities;
 use tokio::net::TcpStream;
@@ -17,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::auth::{self, Attempt, Credentials};
-use crate::backend::{self, Backend, Login};
+use crate::backend::{Backend, Login};
 use crate::config::ProxyConfig;
+use crate::connector::Connector;
 use crate::control::Control;
 use crate::error::ProxyError;
 use crate::handshake::{self, ClientHello};
@@ -37,6 +37,8 @@ pub struct Shared<C> {
     pub control: C,
     pub limits: Limits,
     pub throttle: Throttle,
+    /// How sessions get logged-in backends (wake, connect, login, retries).
+    pub connector: Connector,
     /// Cancelled when a shutdown's drain timeout runs out: open sessions tell their clients
     /// and close.
     pub shutdown: CancellationToken,
@@ -50,11 +52,13 @@ impl<C> Shared<C> {
             cfg.max_connections,
         );
         let throttle = Throttle::new(cfg.auth_backoff);
+        let connector = Connector::new(&cfg);
         Self {
             cfg,
             control,
             limits,
             throttle,
+            connector,
             shutdown: CancellationToken::new(),
         }
     }
@@ -267,14 +271,12 @@ fn check_project_limit(cfg: &ProxyConfig, activity: &ProjectActivity) -> Result<
     Ok(())
 }
 
-/// Phases 4-5: wake the compute, connect and log in. A refused connect to a cached address
-/// invalidates it and wakes once more.
+/// Phases 4-5 through the connector: the backend login for this client.
 async fn connect_backend<C: Control>(
     shared: &Shared<C>,
     client: &Authenticated,
     proxy_header: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<Backend, ProxyError> {
-    let cfg = &shared.cfg;
     let login = Login {
         user: &client.route.user,
         database: client.route.database.as_deref(),
@@ -285,71 +287,10 @@ async fn connect_backend<C: Control>(
         attributes: client.attributes.as_deref(),
         proxy_header,
     };
-    let mut retried = false;
-    loop {
-        let wake = wake(shared, &client.project_id).await?;
-        let started = Instant::now();
-        let tcp = match backend::connect(&wake.address, cfg.connect_timeout).await {
-            Ok(tcp) => tcp,
-            Err(e) if !retried => {
-                warn!(compute = %wake.compute_id, "compute refused the connection ({e}); waking again");
-                shared.control.invalidate(&client.project_id);
-                retried = true;
-                continue;
-            }
-            Err(e) => return Err(ProxyError::BackendConnect(e)),
-        };
-        let timeout = cfg.backend_login_timeout;
-        match tokio::time::timeout(timeout, backend::login(tcp, &login)).await {
-            Ok(logged_in) => {
-                let backend = logged_in?;
-                metrics::backend_login().record(started.elapsed().as_secs_f64());
-                return Ok(backend);
-            }
-            Err(_) => {
-                warn!(compute = %wake.compute_id, "the compute did not answer the login within {timeout:?}; checking it");
-                shared.control.invalidate(&client.project_id);
-                if retried || !restarted(shared, client, &wake.address).await? {
-                    return Err(ProxyError::BackendLoginTimeout(timeout));
-                }
-                retried = true;
-            }
-        }
-    }
-}
-
-/// After a compute did not answer a login: wakes the project again (which checks that the
-/// compute lives and starts it when it does not) and says whether it now has another address,
-/// i.e. whether a second login is worth trying. A compute that lives but does not answer gets
-/// no second wait.
-async fn restarted<C: Control>(
-    shared: &Shared<C>,
-    client: &Authenticated,
-    stuck: &str,
-) -> Result<bool, ProxyError> {
-    let again = wake(shared, &client.project_id).await?;
-    Ok(again.address != stuck)
-}
-
-/// Phase 4: the compute's address, bounded by the wake timeout.
-async fn wake<C: Control>(shared: &Shared<C>, project_id: &str) -> Result<WakeInfo, ProxyError> {
-    let timeout = shared.cfg.wake_timeout;
-    let started = Instant::now();
-    let woken = tokio::time::timeout(timeout, shared.control.wake(project_id))
+    shared
+        .connector
+        .backend_for(&shared.control, &client.project_id, &login)
         .await
-        .map_err(|_| ProxyError::WakeTimeout(timeout.as_secs()))?;
-    let waited = started.elapsed();
-    match woken {
-        Ok(info) => {
-            metrics::wake_wait(info.cold_start.as_str()).record(waited.as_secs_f64());
-            debug!(cold_start = %info.cold_start, ms = waited.as_secs_f64() * 1e3, "compute ready");
-            Ok(info)
-        }
-        Err(e) => {
-            metrics::wake_wait("failed").record(waited.as_secs_f64());
-            Err(ProxyError::Wake(e))
-        }
-    }
 }
 
 /// Phase 6: relay until one side closes.

@@ -2,15 +2,16 @@
 //! authenticates the client itself, wakes the project's compute and relays the session.
 //!
 //! The modules follow the life of a connection:
-//! [`accept`] -> [`handshake`] -> [`route`] -> [`auth`] -> wake (in [`connection`]) ->
-//! [`backend`] -> [`relay`]. [`connection`] strings the phases together; [`control`] is the seam
-//! to the control plane (embedded, or [`static_routes`]).
+//! [`accept`] -> [`handshake`] -> [`route`] -> [`auth`] -> wake and backend login (through
+//! [`connector`], over [`backend`]) -> [`relay`]. [`connection`] strings the phases together;
+//! [`control`] is the seam to the control plane (embedded, or [`static_routes`]).
 
 pub mod accept;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod connection;
+pub mod connector;
 pub mod control;
 pub mod error;
 pub mod handshake;
