@@ -10,7 +10,7 @@
 //! | `doze_proxy_wake_wait_seconds` | histogram | `cold_start` | time a client waited for its compute |
 //! | `doze_proxy_backend_login_seconds` | histogram | | backend connect + login |
 //! | `doze_proxy_bytes_total` | counter | `direction` (`client_to_backend`, `backend_to_client`) | bytes relayed |
-//! | `doze_proxy_auth_failures_total` | counter | `reason` (`bad_password`, `unknown_project`, `no_project`) | refused logins |
+//! | `doze_proxy_auth_failures_total` | counter | `reason` (`bad_password`, `unknown_project`, `no_project`, `bad_name`) | refused logins |
 //! | `doze_proxy_auth_throttled_total` | counter | | logins whose answer was delayed after failed passwords |
 
 use std::sync::OnceLock;
@@ -35,6 +35,48 @@ pub fn hot() -> &'static Hot {
         bytes_b2c: counter!("doze_proxy_bytes_total", "direction" => "backend_to_client"),
         active: gauge!("doze_proxy_connections_active"),
     })
+}
+
+/// Registers the descriptions (Prometheus HELP lines) of every proxy metric with whatever
+/// recorder is installed.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "doze_proxy_connections_accepted_total",
+        "Client TCP connections accepted"
+    );
+    describe_gauge!(
+        "doze_proxy_connections_active",
+        "Client connections open now, in any phase"
+    );
+    describe_counter!(
+        "doze_proxy_connections_closed_total",
+        "Client connections ended, by reason"
+    );
+    describe_histogram!(
+        "doze_proxy_handshake_duration_seconds",
+        Unit::Seconds,
+        "Time from accept to authenticated"
+    );
+    describe_histogram!(
+        "doze_proxy_wake_wait_seconds",
+        Unit::Seconds,
+        "Time a client waited for its project's compute, by cold_start"
+    );
+    describe_histogram!(
+        "doze_proxy_backend_login_seconds",
+        Unit::Seconds,
+        "Time to connect and log in to a compute"
+    );
+    describe_counter!("doze_proxy_bytes_total", "Bytes relayed, by direction");
+    describe_counter!(
+        "doze_proxy_auth_failures_total",
+        "Refused logins, by reason"
+    );
+    describe_counter!(
+        "doze_proxy_auth_throttled_total",
+        "Logins whose answer was delayed after failed passwords"
+    );
 }
 
 pub fn accepted() {

@@ -153,6 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // says otherwise for a given directory.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let metrics = install_metrics()?;
+    doze_proxy::metrics::describe();
     let proxy_cfg = proxy_config(&args)?;
     let listener = accept::bind(&proxy_cfg)
         .with_context(|| format!("binding the proxy to {}", args.proxy_listen))?;
