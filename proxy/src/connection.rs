@@ -207,6 +207,12 @@ async fn login_client<C: Control>(
         Ok(l) => l,
         Err(e) => {
             metrics::auth_failure("unknown_project");
+            if matches!(e, doze_gateway::LookupError::UnknownProject(_)) {
+                // Probing project names is slowed down like guessing passwords.
+                let wait = shared.throttle.wait_for_address(peer.ip());
+                tokio::time::sleep(wait).await;
+                shared.throttle.failed_address(peer.ip());
+            }
             return fail(stream, next_seq, e.into()).await;
         }
     };

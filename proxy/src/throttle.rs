@@ -108,33 +108,48 @@ impl Throttle {
             .get(&role_key(attempt))
             .map(|e| self.backoff.delay(lock(&e).failures))
             .unwrap_or_default();
-        let address_wait = self
-            .addresses
-            .get(&address_key(attempt.ip))
-            .map(|e| {
-                let mut entry = lock(&e);
-                let delay = self.backoff.delay(entry.failures);
-                if delay.is_zero() {
-                    return Duration::ZERO;
-                }
-                let now = Instant::now();
-                // Spaced after the last answer, but never queued further out than one
-                // maximum delay: attempts an attacker abandoned must not push the real user
-                // of a shared address (NAT, a load balancer) past the handshake timeout.
-                let after = entry
-                    .last_answer
-                    .map_or(now, |t| t.max(now))
-                    .min(now + self.backoff.max);
-                let answer_at = after + delay;
-                entry.last_answer = Some(answer_at);
-                answer_at - now
-            })
-            .unwrap_or_default();
+        let address_wait = self.reserve_answer(attempt.ip);
         let wait = role_wait.max(address_wait);
         if !wait.is_zero() {
             metrics::auth_throttled();
         }
         wait
+    }
+
+    /// How long the answer to a login naming an unknown project waits: the address's delay
+    /// (see [`Throttle::failed_address`]).
+    pub fn wait_for_address(&self, ip: IpAddr) -> Duration {
+        if self.backoff.max.is_zero() {
+            return Duration::ZERO;
+        }
+        let wait = self.reserve_answer(ip);
+        if !wait.is_zero() {
+            metrics::auth_throttled();
+        }
+        wait
+    }
+
+    /// The address's next answer slot: spaced by its delay after the last answer, but never
+    /// queued further out than one maximum delay (attempts an attacker abandoned must not push
+    /// the real user of a shared address, behind NAT or a load balancer, past the handshake
+    /// timeout).
+    fn reserve_answer(&self, ip: IpAddr) -> Duration {
+        let Some(entry) = self.addresses.get(&address_key(ip)) else {
+            return Duration::ZERO;
+        };
+        let mut entry = lock(&entry);
+        let delay = self.backoff.delay(entry.failures);
+        if delay.is_zero() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let after = entry
+            .last_answer
+            .map_or(now, |t| t.max(now))
+            .min(now + self.backoff.max);
+        let answer_at = after + delay;
+        entry.last_answer = Some(answer_at);
+        answer_at - now
     }
 
     /// Records a wrong password (or an unknown role, which must look the same).
@@ -147,6 +162,14 @@ impl Throttle {
             let mut e = lock(&entry);
             e.failures = e.failures.saturating_add(1);
         }
+    }
+
+    /// Records a login naming a project that does not exist: counted against the address
+    /// only (there is no role), so probing project names slows down like guessing passwords.
+    pub fn failed_address(&self, ip: IpAddr) {
+        let entry = self.addresses.get_with(address_key(ip), Shared::default);
+        let mut e = lock(&entry);
+        e.failures = e.failures.saturating_add(1);
     }
 
     /// Records a right password: the role starts afresh, and the address is forgiven the

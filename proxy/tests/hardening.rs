@@ -191,3 +191,31 @@ async fn sessions_left_at_the_drain_timeout_are_told_the_server_is_shutting_down
     assert_eq!(server_code(&err), Some(1053), "{err}");
     assert!(err.to_string().contains("shutdown"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probing_project_names_slows_down_like_guessing_passwords() {
+    let db = backend().await;
+    let backoff = Backoff {
+        base: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    };
+    let cfg = ProxyConfig {
+        auth_backoff: backoff,
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), cfg).await;
+    let probes = 30u32;
+    let designed: Duration = (0..probes).map(|n| backoff.delay(n)).sum();
+    let started = Instant::now();
+    for i in 0..probes {
+        let err = connect(proxy.addr, &format!("guess{i}.app"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(server_code(&err), Some(1049), "{err}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= designed,
+        "{probes} probes took {took:?} < {designed:?}"
+    );
+}

@@ -106,6 +106,7 @@ impl LocalDriver {
                 .flatten()
                 .filter_map(|e| read_uid(&e.path().join("compute.uid")).ok().flatten())
                 .collect();
+        check_uid_map()?;
         let mut rng = rand::rng();
         for _ in 0..1000 {
             let uid = rand::Rng::random_range(&mut rng, COMPUTE_UIDS);
@@ -177,11 +178,16 @@ impl LocalDriver {
             mariadb::PRIVATE_DIR
         };
         let projects = self.data_dir.join("projects");
-        for dir in [
-            self.data_dir.as_path(),
-            &projects,
-            &self.project_dir(project_id),
-        ] {
+        // The data dir may be the operator's (made before doze ran, owned by someone else):
+        // then it keeps its mode. The directories below it are doze's.
+        let me = nix::unistd::geteuid().as_raw();
+        let data_dir_is_ours = std::fs::metadata(&self.data_dir)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == me)
+            .unwrap_or(true);
+        if data_dir_is_ours {
+            mariadb::own_dir(&self.data_dir, mode, None)?;
+        }
+        for dir in [&projects, &self.project_dir(project_id)] {
             mariadb::own_dir(dir, mode, None)?;
         }
         mariadb::check_reachable(
@@ -553,9 +559,10 @@ impl ComputeDriver for LocalDriver {
                 // workers) still wind down; waitpid reports it only after that. It is dead.
                 matches!(child.try_wait(), Ok(None)) && pid_alive(*pid)
             }
+            // Adopted: not our child, so the pid could have been reused by now.
             Some(Instance {
                 child: None, pid, ..
-            }) => pid_alive(*pid),
+            }) => pid_alive(*pid) && serves_datadir(*pid, &self.datadir(project_id)),
             None => false,
         }
     }
@@ -593,6 +600,32 @@ impl ComputeDriver for LocalDriver {
     fn destroy_storage<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(self.destroy_inner(project_id))
     }
+}
+
+/// In a user namespace (a rootless or user-namespaced container), "root" can switch only to
+/// the uids its namespace maps. Says so clearly instead of failing later at `setuid`.
+fn check_uid_map() -> anyhow::Result<()> {
+    let Ok(map) = std::fs::read_to_string("/proc/self/uid_map") else {
+        return Ok(());
+    };
+    let covered = map.lines().any(|line| {
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        matches!(nums.as_slice(), [inside, _, count]
+            if *inside <= u64::from(COMPUTE_UIDS.start)
+                && u64::from(COMPUTE_UIDS.end) <= inside + count)
+    });
+    if covered {
+        return Ok(());
+    }
+    bail!(
+        "this doze runs as root in a user namespace whose uid map ({}) does not cover the \
+         compute uids {COMPUTE_UIDS:?}; run doze as a regular user (every compute then runs as \
+         that user) or widen the namespace's uid map",
+        map.trim().replace('\n', "; ")
+    )
 }
 
 fn read_uid(path: &Path) -> anyhow::Result<Option<u32>> {

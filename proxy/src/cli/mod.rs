@@ -48,10 +48,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// The first line of a token file, without surrounding whitespace.
+/// A file that others may read is accepted, with a warning.
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the admin token file {}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the admin token file can be read by other users; chmod 600 it");
+    }
     Ok(text.lines().next().unwrap_or("").trim().to_owned())
 }
 
