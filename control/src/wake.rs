@@ -119,6 +119,14 @@ impl ControlPlane {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(WakeError::Internal("doze is shutting down".into()));
         }
+        // The proxy wakes by project id, which it resolved once at login: a warm wake is one
+        // cache lookup, with no second resolution of the key.
+        if let Some(info) = self.wake_cache.get(key) {
+            return Ok(WakeInfo {
+                cold_start: ColdStart::Warm,
+                ..info
+            });
+        }
         let (project_id, name) = self
             .resolve(key)
             .await
