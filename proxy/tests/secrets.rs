@@ -43,6 +43,38 @@ fn http_status(port: u16, path: &str, token: Option<&str>) -> u16 {
         .unwrap_or(0)
 }
 
+/// `doze serve` on a free admin port with `args` (the proxy on a free port too), its stderr
+/// piped; returns the child and the admin port.
+fn serve(args: &[&std::ffi::OsStr], env: &[(&str, Option<&str>)]) -> (Child, u16) {
+    let admin_port = free_port();
+    let mut cmd = Command::new(doze());
+    cmd.args(["serve", "--proxy-listen", "127.0.0.1:0"])
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    (cmd.spawn().unwrap(), admin_port)
+}
+
+/// SIGTERM, and a clean exit (sessions drained, computes stopped).
+fn stop(mut child: Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// Reads the child's stderr until `needle` appears (or the child exits / 60 s pass).
 fn stderr_until(child: &mut Child, needle: &str) -> String {
     let mut err = child.stderr.take().unwrap();
@@ -89,24 +121,18 @@ async fn the_token_stays_out_of_ps_and_the_dsn_password_out_of_the_log() {
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let admin_port = free_port();
-    let mut child = Command::new(doze())
-        .args(["serve", "--proxy-listen", "127.0.0.1:0"])
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin_port}"))
-        .arg("--db-dsn")
-        .arg(&dsn)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--admin-token-file")
-        .arg(&token_file)
-        .env_remove("DOZE_ADMIN_TOKEN")
-        .env("DOZE_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let data = dir.path().join("data");
+    let (mut child, admin_port) = serve(
+        &[
+            "--db-dsn".as_ref(),
+            dsn.as_ref(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--admin-token-file".as_ref(),
+            token_file.as_os_str(),
+        ],
+        &[("DOZE_ADMIN_TOKEN", None), ("DOZE_LOG", Some("debug"))],
+    );
     let log = stderr_until(&mut child, "doze is up");
     assert!(log.contains("doze is up"), "{log}");
     assert!(!log.contains("hunter2"), "DSN password in the log:\n{log}");
@@ -131,13 +157,7 @@ async fn the_token_stays_out_of_ps_and_the_dsn_password_out_of_the_log() {
         .mode()
         & 0o077;
     assert_eq!(data_mode & 0o066, 0, "data dir readable by others");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    stop(child);
 }
 
 #[test]
@@ -181,18 +201,7 @@ async fn the_proxy_alone_serves_routes_and_metrics() {
         ),
     )
     .unwrap();
-    let admin_port = free_port();
-    let mut child = Command::new(doze())
-        .args(["serve", "--proxy-listen", "127.0.0.1:0"])
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin_port}"))
-        .arg("--routes")
-        .arg(&routes)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, admin_port) = serve(&["--routes".as_ref(), routes.as_os_str()], &[]);
     let log = stderr_until(&mut child, "doze serving static routes");
     let port: u16 = log
         .split("proxy=127.0.0.1:")
@@ -216,12 +225,7 @@ async fn the_proxy_alone_serves_routes_and_metrics() {
     assert_eq!(v, Some(7));
     conn.disconnect().await.unwrap();
     assert_eq!(http_status(admin_port, "/metrics", None), 200);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    stop(child);
 }
 
 /// Without a token, doze makes one (0600 in its data dir) instead of trusting every local
@@ -230,22 +234,16 @@ async fn the_proxy_alone_serves_routes_and_metrics() {
 async fn without_a_token_doze_generates_one_that_only_its_user_can_read() {
     let dir = scratch_dir("doze-gentoken-").unwrap();
     let data = dir.path().join("data");
-    let admin_port = free_port();
-    let mut child = Command::new(doze())
-        .args(["serve", "--proxy-listen", "127.0.0.1:0"])
-        .arg("--admin-listen")
-        .arg(format!("127.0.0.1:{admin_port}"))
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--db-dsn")
-        .arg(format!("sqlite://{}/state.db", data.display()))
-        .env_remove("DOZE_ADMIN_TOKEN")
-        .env_remove("DOZE_ADMIN_TOKEN_FILE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let state = format!("sqlite://{}/state.db", data.display());
+    let (mut child, admin_port) = serve(
+        &[
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "--db-dsn".as_ref(),
+            state.as_ref(),
+        ],
+        &[("DOZE_ADMIN_TOKEN", None), ("DOZE_ADMIN_TOKEN_FILE", None)],
+    );
     let log = stderr_until(&mut child, "doze is up");
     assert!(log.contains("doze is up"), "{log}");
     let token_file = data.join("admin.token");
@@ -276,10 +274,5 @@ async fn without_a_token_doze_generates_one_that_only_its_user_can_read() {
         "{}",
         String::from_utf8_lossy(&cli.stderr)
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    stop(child);
 }

@@ -36,9 +36,6 @@ pub(crate) async fn join_hists(set: &mut JoinSet<Histogram<u64>>) -> Result<Hist
     Ok(h)
 }
 
-// ---------------------------------------------------------------------------------------------
-// relay
-
 /// One connect + authenticate + `SELECT 1`; returns the connection for the caller to close.
 pub(crate) async fn connect_select1(o: &Opts, timeout: Duration) -> Result<Conn> {
     let mut conn = connect(o, timeout).await?;
@@ -58,11 +55,22 @@ pub(crate) fn need_admin(c: &Common, what: &str) -> Result<(Admin, String)> {
     Ok((admin, project))
 }
 
+/// Suspends the compute. A session the scenario just closed may still be counted for a moment
+/// (doze refuses to cut open sessions, 409 `sessions_open`): that is retried for up to 2 s.
 pub(crate) async fn suspend_and_check(admin: &Admin, compute_id: &str) -> Result<Value> {
-    let r = admin
-        .suspend(compute_id)
-        .await
-        .with_context(|| format!("suspend compute {compute_id}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let r = loop {
+        match admin.suspend(compute_id).await {
+            Ok(r) => break r,
+            Err(e)
+                if format!("{e:#}").contains("sessions_open")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("suspend compute {compute_id}")),
+        }
+    };
     if let Some(state) = r.get("state").and_then(Value::as_str) {
         let s = state.to_ascii_lowercase();
         if s != "suspended" && s != "stopped" {
@@ -71,9 +79,6 @@ pub(crate) async fn suspend_and_check(admin: &Admin, compute_id: &str) -> Result
     }
     Ok(r)
 }
-
-// ---------------------------------------------------------------------------------------------
-// cold-start
 
 pub(crate) fn kib(v: Option<u64>) -> String {
     match v {
