@@ -3,6 +3,8 @@
 //! behaviours are tested against real mariadbd in wake.rs, suspend.rs and isolation.rs; these
 //! tests pin the logic down with timings a real server cannot be made to have.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,17 +54,7 @@ async fn env(tweak: impl FnOnce(&mut ControlConfig)) -> Env {
 
 impl Env {
     async fn project(&self, name: &str, config: serde_json::Value) -> (String, String) {
-        let p = self
-            .plane
-            .create_project(name, config)
-            .await
-            .expect("project");
-        let c = self
-            .plane
-            .create_compute(&p.id, serde_json::json!({}))
-            .await
-            .expect("compute");
-        (p.id, c.id)
+        common::new_project(&self.plane, name, config).await
     }
 
     async fn state(&self, compute: &str) -> ComputeState {

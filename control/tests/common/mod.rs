@@ -69,17 +69,7 @@ async fn start(cfg: ControlConfig, dir: TempDir, pg: Option<Postgres>) -> Env {
 impl Env {
     /// A project with `config` and a compute; returns (project id, compute id).
     pub async fn project_with_config(&self, name: &str, config: Value) -> (String, String) {
-        let p = self
-            .plane
-            .create_project(name, config)
-            .await
-            .expect("project");
-        let c = self
-            .plane
-            .create_compute(&p.id, serde_json::json!({}))
-            .await
-            .expect("compute");
-        (p.id, c.id)
+        new_project(&self.plane, name, config).await
     }
 
     /// A project with a compute and a role; returns (project id, compute id).
@@ -96,6 +86,16 @@ impl Env {
             .expect("role");
         (project, compute)
     }
+}
+
+/// A project with `config` and a compute on `plane`; returns (project id, compute id).
+pub async fn new_project(plane: &ControlPlane, name: &str, config: Value) -> (String, String) {
+    let p = plane.create_project(name, config).await.expect("project");
+    let c = plane
+        .create_compute(&p.id, serde_json::json!({}))
+        .await
+        .expect("compute");
+    (p.id, c.id)
 }
 
 /// Calls the router in process: (status, JSON body or Null).
