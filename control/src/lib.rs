@@ -1,9 +1,11 @@
 //! doze's embedded control plane: the state store, the admin REST API, compute drivers, the
 //! wake service and the auto-suspend scheduler.
 //!
-//! The proxy calls [`ControlPlane::lookup_role`], [`ControlPlane::wake`] and
-//! [`ControlPlane::invalidate`] in process; the REST API ([`ControlPlane::admin_router`]) and the
-//! scheduler go through the same code paths.
+//! [`ControlPlane`] is a thin front over two owners of one rule each: the [`catalog::Catalog`]
+//! (projects, roles and the caches the data path reads) and the [`lifecycle::Lifecycle`] (the
+//! driver, per-project locks, the address cache, state transitions, the scheduler). The proxy
+//! calls [`ControlPlane::lookup_role`], [`ControlPlane::wake`] and [`ControlPlane::invalidate`] in
+//! process; the REST API ([`rest::router`]) and the scheduler go through the same code paths.
 
 pub mod driver;
 pub mod mariadb;
@@ -21,144 +23,42 @@ pub mod gateway {
     pub use doze_gateway::{ColdStart, LookupError, RoleLookup, WakeError, WakeInfo};
 }
 
+pub mod catalog;
+mod config;
 mod error;
+pub mod lifecycle;
 mod ops;
-mod rest;
+pub mod rest;
 mod scheduler;
+mod stats;
 mod time;
-mod wake;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::activity::Activity;
-use crate::driver::ComputeDriver;
+use crate::catalog::Catalog;
 use crate::driver::local::LocalDriver;
+use crate::driver::{ComputeDriver, RoleOp};
 use crate::gateway::{LookupError, RoleLookup, WakeError, WakeInfo};
-use crate::store::{ComputeState, Store};
+use crate::lifecycle::Lifecycle;
+use crate::roles::RoleDef;
+use crate::store::{Compute, ComputeEvent, Project, Role, Store};
 
+pub use crate::config::{ControlConfig, DriverKind};
 pub use crate::error::ControlError;
+pub use crate::stats::Stats;
 
-/// Which compute driver runs the computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DriverKind {
-    /// `mariadbd` processes on this machine.
-    #[default]
-    Local,
-}
-
-impl FromStr for DriverKind {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "local" => Ok(DriverKind::Local),
-            "kubernetes" | "k8s" => {
-                anyhow::bail!("the kubernetes driver is not built yet; use --driver local")
-            }
-            other => anyhow::bail!("unknown driver '{other}'; the available driver is `local`"),
-        }
-    }
-}
-
-impl std::fmt::Display for DriverKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DriverKind::Local => f.write_str("local"),
-        }
-    }
-}
-
-/// Settings of the control plane (flags of the `doze` binary).
-#[derive(Clone, Debug)]
-pub struct ControlConfig {
-    /// `sqlite://path` (file and parent directory created on first start) or `postgres://...`.
-    pub db_dsn: String,
-    /// Computes' storage: `<data_dir>/projects/<project_id>/...`.
-    pub data_dir: PathBuf,
-    pub driver: DriverKind,
-    /// Suspend a compute after this long without sessions or traffic; a project's
-    /// `config.idle_timeout` (seconds) overrides it. Zero means never.
-    pub idle_timeout: Duration,
-    /// How often the scheduler looks for idle computes.
-    pub check_interval: Duration,
-    /// Upper bound of one wake (including a compute start).
-    pub wake_timeout: Duration,
-    /// Bearer token required on every `/api` route when set.
-    pub admin_token: Option<String>,
-    /// `--max-allowed-packet` of every compute.
-    pub max_allowed_packet: String,
-    /// SIGTERM grace before SIGKILL when stopping a compute.
-    pub stop_timeout: Duration,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        Self {
-            db_dsn: "sqlite://./doze-data/state.db".to_owned(),
-            data_dir: PathBuf::from("./doze-data"),
-            driver: DriverKind::Local,
-            idle_timeout: Duration::from_secs(300),
-            check_interval: Duration::from_secs(30),
-            wake_timeout: Duration::from_secs(30),
-            admin_token: None,
-            max_allowed_packet: "64M".to_owned(),
-            stop_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Exact event counts of this control plane instance (independent of the metrics recorder).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Successful compute starts.
-    pub compute_starts: AtomicU64,
-    /// Calls of [`ControlPlane::wake`] (any outcome).
-    pub wakes: AtomicU64,
-    /// Wakes answered by a start (or warm check) another waiter performed.
-    pub wakes_coalesced: AtomicU64,
-    /// Computes suspended (any reason).
-    pub suspends: AtomicU64,
-    /// Compute starts that failed.
-    pub start_failures: AtomicU64,
-    /// Role lookups that went to the store (cache misses, after coalescing).
-    pub role_loads: AtomicU64,
-}
-
-impl Stats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::SeqCst)
-    }
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// The control plane. Create with [`ControlPlane::start`].
+/// The control plane: a thin front over the [`Catalog`] and the [`Lifecycle`]. Create with
+/// [`ControlPlane::start`].
 pub struct ControlPlane {
     cfg: ControlConfig,
-    store: Store,
-    driver: Arc<dyn ComputeDriver>,
-    activity: Arc<Activity>,
-    stats: Stats,
-    me: Weak<ControlPlane>,
-    /// project id -> address of its running compute.
-    wake_cache: moka::sync::Cache<String, WakeInfo>,
-    /// (project key, user) -> lookup answer.
-    role_cache: moka::future::Cache<(String, String), RoleLookup>,
-    /// project id or name -> (id, name).
-    key_cache: moka::future::Cache<String, (String, String)>,
-    /// Bumped on every project or role change (see [`ControlPlane::lookup_role`]).
-    cache_gen: AtomicU64,
-    slots: Mutex<HashMap<String, Arc<wake::Slot>>>,
-    gauges: Mutex<HashMap<ComputeState, i64>>,
-    shutting_down: AtomicBool,
+    catalog: Arc<Catalog>,
+    lifecycle: Arc<Lifecycle>,
+    stats: Arc<Stats>,
 }
 
 impl ControlPlane {
@@ -191,110 +91,80 @@ impl ControlPlane {
         driver: Arc<dyn ComputeDriver>,
     ) -> anyhow::Result<Arc<Self>> {
         metrics::describe();
-        let plane = Arc::new_cyclic(|me| ControlPlane {
-            cfg,
+        let stats = Arc::new(Stats::default());
+        let catalog = Arc::new(Catalog::new(store.clone(), Arc::clone(&stats)));
+        let lifecycle = Lifecycle::new(
+            cfg.clone(),
             store,
+            Arc::clone(&catalog),
             driver,
             activity,
-            stats: Stats::default(),
-            me: me.clone(),
-            wake_cache: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
-            role_cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-            key_cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-            cache_gen: AtomicU64::new(0),
-            slots: Mutex::new(HashMap::new()),
-            gauges: Mutex::new(HashMap::new()),
-            shutting_down: AtomicBool::new(false),
-        });
-        plane.reconcile().await?;
-        Ok(plane)
+            Arc::clone(&stats),
+        );
+        lifecycle.reconcile().await?;
+        Ok(Arc::new(ControlPlane {
+            cfg,
+            catalog,
+            lifecycle,
+            stats,
+        }))
     }
 
-    /// The project and the stored hash of `user`; `project_key` is a project id or name.
-    /// Served from a cache that every project or role change clears. Concurrent misses for
-    /// the same key share one store lookup, so a pool of 500 clients reconnecting at once
-    /// costs one query, not 500 queued behind each other.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    // ---- what the proxy asks ----
+
+    /// The project and the stored hash of `user` (see [`Catalog::lookup_role`]).
     pub async fn lookup_role(
         &self,
         project_key: &str,
         user: &str,
     ) -> Result<RoleLookup, LookupError> {
-        let key = (project_key.to_owned(), user.to_owned());
-        let generation = self.cache_gen.load(Ordering::SeqCst);
-        let answer = self
-            .role_cache
-            .try_get_with(key.clone(), self.load_role(project_key, user))
-            .await
-            .map_err(|e| (*e).clone())?;
-        // A change that landed during the load must not leave a stale entry behind.
-        if self.cache_gen.load(Ordering::SeqCst) != generation {
-            self.role_cache.invalidate(&key).await;
-        }
-        Ok(answer)
+        self.catalog.lookup_role(project_key, user).await
     }
 
-    async fn load_role(&self, project_key: &str, user: &str) -> Result<RoleLookup, LookupError> {
-        Stats::bump(&self.stats.role_loads);
-        let unavailable = |e: anyhow::Error| LookupError::Unavailable(format!("{e:#}"));
-        let project = self
-            .store
-            .project_by_key(project_key)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| LookupError::UnknownProject(project_key.to_owned()))?;
-        let role = self
-            .store
-            .role(&project.id, user)
-            .await
-            .map_err(unavailable)?;
-        Ok(RoleLookup {
-            project_id: project.id,
-            project_name: project.name,
-            stored_hash: role.and_then(|r| roles::parse_stored_hash(&r.stored_hash)),
-        })
-    }
-
-    /// The address of the project's running compute, starting it if needed. Concurrent wakes
-    /// of one project share one start. Bounded by `wake_timeout`.
+    /// The address of the project's running compute, starting it if needed (see
+    /// [`Lifecycle::wake`]).
     pub async fn wake(&self, project_key: &str) -> Result<WakeInfo, WakeError> {
-        self.wake_inner(project_key).await
+        self.lifecycle.wake(project_key).await
     }
 
     /// Forgets the cached address of a project (the proxy could not connect to it).
     pub fn invalidate(&self, project_id: &str) {
-        self.wake_cache.invalidate(project_id);
+        self.lifecycle.invalidate(project_id);
     }
 
     pub fn activity(&self) -> &Arc<Activity> {
-        &self.activity
+        self.lifecycle.activity()
     }
 
-    /// `/api/v1/...` (bearer token when configured), `/healthz` and `/metrics`.
-    pub fn admin_router(
-        self: &Arc<Self>,
-        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    ) -> axum::Router {
-        rest::router(Arc::clone(self), metrics)
+    // ---- running ----
+
+    /// Checks liveness and suspends idle computes every `check_interval` until
+    /// [`ControlPlane::shutdown`].
+    pub fn spawn_scheduler(&self) -> tokio::task::JoinHandle<()> {
+        scheduler::spawn(Arc::clone(&self.lifecycle))
     }
 
-    /// Suspends idle computes every `check_interval` until [`ControlPlane::shutdown`].
-    pub fn spawn_scheduler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        scheduler::spawn(Arc::clone(self))
+    /// One idle pass of the scheduler; returns how many computes it suspended.
+    pub async fn suspend_idle(&self) -> anyhow::Result<usize> {
+        self.lifecycle.suspend_idle().await
+    }
+
+    /// One liveness pass of the scheduler; returns how many dead computes it found.
+    pub async fn find_lost(&self) -> anyhow::Result<usize> {
+        self.lifecycle.find_lost().await
     }
 
     /// Stops every running compute cleanly and marks it suspended with reason "shutdown".
     pub async fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        self.shutdown_inner().await;
+        self.lifecycle.shutdown().await;
     }
 
     pub fn stats(&self) -> &Stats {
@@ -303,24 +173,141 @@ impl ControlPlane {
 
     /// The state store (for the binary's CLI and tests).
     pub fn store(&self) -> &Store {
-        &self.store
+        self.catalog.store()
     }
 
     pub fn config(&self) -> &ControlConfig {
         &self.cfg
     }
 
-    fn arc(&self) -> Result<Arc<Self>, WakeError> {
-        self.me
-            .upgrade()
-            .ok_or_else(|| WakeError::Internal("the control plane is shutting down".into()))
+    // ---- projects ----
+
+    pub async fn create_project(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+    ) -> Result<Project, ControlError> {
+        self.catalog.create_project(name, config).await
     }
 
-    /// Clears every cached lookup after a project or role change.
-    fn roles_changed(&self) {
-        self.cache_gen.fetch_add(1, Ordering::SeqCst);
-        self.role_cache.invalidate_all();
-        self.key_cache.invalidate_all();
+    pub async fn list_projects(&self) -> Result<Vec<Project>, ControlError> {
+        self.catalog.list_projects().await
+    }
+
+    /// A project by id or name.
+    pub async fn project(&self, key: &str) -> Result<Project, ControlError> {
+        self.catalog.project(key).await
+    }
+
+    /// Stops and removes the project's compute, deletes its storage, roles and the project.
+    /// Refused (409) while client sessions are open.
+    pub async fn delete_project(&self, key: &str) -> Result<Project, ControlError> {
+        let project = self.catalog.project(key).await?;
+        let deleted = self.lifecycle.delete_project(&project).await;
+        self.catalog.changed();
+        deleted.map(|()| project)
+    }
+
+    // ---- computes ----
+
+    /// Creates the project's compute (one per project), suspended.
+    pub async fn create_compute(
+        &self,
+        project_key: &str,
+        config: serde_json::Value,
+    ) -> Result<Compute, ControlError> {
+        let project = self.catalog.project(project_key).await?;
+        self.lifecycle.create_compute(&project, config).await
+    }
+
+    pub async fn compute(&self, id: &str) -> Result<Compute, ControlError> {
+        self.lifecycle.compute(id).await
+    }
+
+    pub async fn compute_events(&self, id: &str) -> Result<Vec<ComputeEvent>, ControlError> {
+        self.lifecycle.compute_events(id).await
+    }
+
+    pub async fn delete_compute(&self, id: &str) -> Result<Compute, ControlError> {
+        self.lifecycle.delete_compute(id).await
+    }
+
+    pub async fn suspend_compute(&self, id: &str) -> Result<Compute, ControlError> {
+        self.lifecycle.suspend_compute(id).await
+    }
+
+    pub async fn resume_compute(&self, id: &str) -> Result<(Compute, WakeInfo), ControlError> {
+        self.lifecycle.resume_compute(id).await
+    }
+
+    // ---- roles: the record in the catalog, the account through the lifecycle ----
+
+    pub async fn create_role(
+        &self,
+        project_key: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<Role, ControlError> {
+        let project = self.catalog.project(project_key).await?;
+        let role = self.catalog.insert_role(&project, name, password).await?;
+        let def = RoleDef {
+            name: role.name.clone(),
+            stored_hash: role.stored_hash.clone(),
+        };
+        let pushed = self
+            .lifecycle
+            .push_role_change(&project.id, RoleOp::Upsert(def))
+            .await;
+        self.catalog.changed();
+        pushed?;
+        tracing::info!(project_id = %project.id, role = %name, "role created");
+        Ok(role)
+    }
+
+    /// Changes a role's password.
+    pub async fn set_role_password(
+        &self,
+        project_key: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<Role, ControlError> {
+        let project = self.catalog.project(project_key).await?;
+        let hash = self
+            .catalog
+            .update_role_password(&project, name, password)
+            .await?;
+        let def = RoleDef {
+            name: name.to_owned(),
+            stored_hash: hash,
+        };
+        let pushed = self
+            .lifecycle
+            .push_role_change(&project.id, RoleOp::Upsert(def))
+            .await;
+        self.catalog.changed();
+        pushed?;
+        tracing::info!(project_id = %project.id, role = %name, "role password changed");
+        self.catalog.role(&project, name).await
+    }
+
+    pub async fn list_roles(
+        &self,
+        project_key: &str,
+    ) -> Result<(Project, Vec<Role>), ControlError> {
+        self.catalog.list_roles(project_key).await
+    }
+
+    pub async fn delete_role(&self, project_key: &str, name: &str) -> Result<(), ControlError> {
+        let project = self.catalog.project(project_key).await?;
+        self.catalog.remove_role(&project, name).await?;
+        let pushed = self
+            .lifecycle
+            .push_role_change(&project.id, RoleOp::Drop(name.to_owned()))
+            .await;
+        self.catalog.changed();
+        pushed?;
+        tracing::info!(project_id = %project.id, role = %name, "role deleted");
+        Ok(())
     }
 }
 

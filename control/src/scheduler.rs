@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::ControlPlane;
 use crate::activity::now_ms;
 use crate::error::ControlError;
+use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
 use crate::store::ComputeState;
 
-pub(crate) fn spawn(plane: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn(plane: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick =
             tokio::time::interval(plane.cfg.check_interval.max(Duration::from_millis(10)));
@@ -36,7 +36,7 @@ pub(crate) fn spawn(plane: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-impl ControlPlane {
+impl Lifecycle {
     /// The idle timeout of a project: its `config.idle_timeout` (seconds) or the default.
     fn idle_timeout_of(&self, config: &serde_json::Value) -> Duration {
         match config.get("idle_timeout").and_then(|v| v.as_f64()) {
@@ -62,7 +62,7 @@ impl ControlPlane {
             if current.state != ComputeState::Running || self.driver.is_alive(&c.project_id) {
                 continue;
             }
-            self.wake_cache.invalidate(&c.project_id);
+            self.invalidate(&c.project_id);
             let _ = self.driver.stop(&c.project_id).await;
             self.transition_with_error(
                 &current,

@@ -451,7 +451,7 @@ async fn direct_sessions_on_a_compute_hold_off_the_idle_suspend() {
 #[tokio::test]
 async fn the_tokenless_admin_api_refuses_browsers_and_other_host_names() {
     let env = sqlite_env(|_| {}).await;
-    let router = env.plane.admin_router(None);
+    let router = doze_control::rest::router(std::sync::Arc::clone(&env.plane), None);
     let post = |host: &str, origin: Option<&str>| {
         let mut req = Request::builder()
             .method("POST")

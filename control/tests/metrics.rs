@@ -30,7 +30,7 @@ async fn metrics_are_emitted_with_the_documented_names_and_buckets() {
     }
     plane.wake(&pid).await.expect("warm wake");
     plane.suspend_compute(&cid).await.expect("suspend");
-    let router = plane.admin_router(Some(handle));
+    let router = doze_control::rest::router(std::sync::Arc::clone(plane), Some(handle));
     let (status, body) = call(&router, "GET", "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let text = body.as_str().expect("text").to_owned();

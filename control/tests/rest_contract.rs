@@ -29,7 +29,7 @@ const SEED_COMPUTE: &str = r#"{
 
 /// Every route and error case; starts one real compute.
 async fn contract(env: &Env) {
-    let r = env.plane.admin_router(None);
+    let r = doze_control::rest::router(std::sync::Arc::clone(&env.plane), None);
     let r = &r;
 
     // --- projects ---
@@ -476,7 +476,7 @@ async fn bearer_token_guards_every_api_route_but_not_health_or_metrics() {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let r = env.plane.admin_router(Some(handle));
+    let r = doze_control::rest::router(std::sync::Arc::clone(&env.plane), Some(handle));
     let routes = [
         ("GET", "/api/v1/projects"),
         ("POST", "/api/v1/projects"),
@@ -538,7 +538,7 @@ async fn bearer_token_guards_every_api_route_but_not_health_or_metrics() {
 #[tokio::test]
 async fn openapi_document_covers_every_route() {
     let env = sqlite_env(|_| {}).await;
-    let r = env.plane.admin_router(None);
+    let r = doze_control::rest::router(std::sync::Arc::clone(&env.plane), None);
     let (status, doc) = call(&r, "GET", "/api/v1/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
@@ -579,7 +579,7 @@ async fn admin_api_over_a_real_tcp_listener() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let router = env.plane.admin_router(None);
+    let router = doze_control::rest::router(std::sync::Arc::clone(&env.plane), None);
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
     let body = r#"{"name": "over-tcp"}"#;
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");

@@ -24,7 +24,7 @@ async fn suspend_is_refused_while_sessions_are_open() {
     let guard = env.activity.project(&pid).open_session();
     let guard2 = env.activity.project(&pid).open_session();
     let info = plane.wake("busy").await.expect("wake");
-    let router = plane.admin_router(None);
+    let router = doze_control::rest::router(std::sync::Arc::clone(plane), None);
     let resp = call(
         &router,
         "POST",

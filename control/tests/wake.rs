@@ -272,7 +272,7 @@ async fn a_compute_that_cannot_start_fails_with_its_log_and_is_rate_limited() {
     assert_eq!(mariadbd_on(&datadir_of(plane, &p.id)), 0);
 
     // Over REST: the failure is visible and the wake answers 503.
-    let router = plane.admin_router(None);
+    let router = doze_control::rest::router(std::sync::Arc::clone(plane), None);
     let resp = call(
         &router,
         "GET",

@@ -32,7 +32,8 @@ struct AppState {
     metrics: Option<PrometheusHandle>,
 }
 
-pub(crate) fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Router {
+/// `/api/v1/...` (bearer token when configured), `/healthz` and `/metrics`.
+pub fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Router {
     let state = AppState { plane, metrics };
     let api = Router::new()
         .route("/api/v1/projects", post(create_project).get(list_projects))

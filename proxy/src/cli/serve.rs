@@ -211,7 +211,7 @@ async fn run_with_control_plane(
         .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
     tokio::spawn(serve_http(
         admin,
-        control.admin_router(Some(metrics)),
+        doze_control::rest::router(std::sync::Arc::clone(&control), Some(metrics)),
         stop_rx.clone(),
     ));
     let scheduler = control.spawn_scheduler();

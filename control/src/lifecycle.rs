@@ -1,5 +1,8 @@
-//! The one wake path (proxy connections, `GET /wake_compute`, `POST /resume`) and the one
-//! suspend path (scheduler, `POST /suspend`, shutdown, deletes).
+//! The lifecycle: everything that runs, stops and watches computes. The one wake path (proxy
+//! connections, `GET /wake_compute`, `POST /resume`) and the one suspend path (scheduler,
+//! `POST /suspend`, shutdown, deletes); state transitions and their gauges; role changes pushed
+//! to running computes. The only owner of the driver, the per-project locks and the address
+//! cache (the one place an address is forgotten).
 //!
 //! Per project: an address cache entry, an async lock serialising every state change, and a
 //! start back-off. A wake first checks the cache; on a miss it takes the project lock, checks
@@ -16,13 +19,17 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use crate::activity::Activity;
+use crate::catalog::Catalog;
+use crate::config::ControlConfig;
+use crate::driver::ComputeDriver;
 use crate::driver::{ComputeSpec, RoleOp, RoleSync, Running};
 use crate::error::ControlError;
 use crate::gateway::{ColdStart, WakeError, WakeInfo};
 use crate::metrics as m;
 use crate::roles::RoleDef;
-use crate::store::{Compute, ComputeState, Transition};
-use crate::{ControlPlane, Stats};
+use crate::stats::Stats;
+use crate::store::{Compute, ComputeState, Store, Transition};
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -67,39 +74,91 @@ fn internal(e: impl std::fmt::Display) -> WakeError {
     WakeError::Internal(e.to_string())
 }
 
-impl ControlPlane {
+/// Runs, stops and watches computes.
+pub struct Lifecycle {
+    pub(crate) cfg: ControlConfig,
+    pub(crate) store: Store,
+    catalog: Arc<Catalog>,
+    pub(crate) driver: Arc<dyn ComputeDriver>,
+    pub(crate) activity: Arc<Activity>,
+    pub(crate) stats: Arc<Stats>,
+    me: std::sync::Weak<Lifecycle>,
+    /// project id -> address of its running compute.
+    wake_cache: moka::sync::Cache<String, WakeInfo>,
+    slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slot>>>,
+    gauges: std::sync::Mutex<std::collections::HashMap<ComputeState, i64>>,
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(
+        cfg: ControlConfig,
+        store: Store,
+        catalog: Arc<Catalog>,
+        driver: Arc<dyn ComputeDriver>,
+        activity: Arc<Activity>,
+        stats: Arc<Stats>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Lifecycle {
+            cfg,
+            store,
+            catalog,
+            driver,
+            activity,
+            stats,
+            me: me.clone(),
+            wake_cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            slots: Default::default(),
+            gauges: Default::default(),
+            shutting_down: Default::default(),
+        })
+    }
+
+    /// The address of the project's running compute, starting it if needed. Concurrent wakes
+    /// of one project share one start. Bounded by `wake_timeout`.
+    pub async fn wake(&self, project_key: &str) -> Result<WakeInfo, WakeError> {
+        self.wake_inner(project_key).await
+    }
+
+    /// Forgets the cached address of a project: the one place an address is dropped.
+    pub fn invalidate(&self, project_id: &str) {
+        self.wake_cache.invalidate(project_id);
+    }
+
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// Stops every running compute cleanly and marks it suspended with reason "shutdown".
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown_inner().await;
+    }
+
+    fn arc(&self) -> Result<Arc<Self>, WakeError> {
+        self.me
+            .upgrade()
+            .ok_or_else(|| WakeError::Internal("the control plane is shutting down".into()))
+    }
+
+    fn forget_slot_inner(&self, project_id: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project_id);
+    }
+
+    /// Drops a deleted project's lock and back-off.
+    pub(crate) fn forget_slot(&self, project_id: &str) {
+        self.forget_slot_inner(project_id);
+    }
+
     pub(crate) fn slot(&self, project_id: &str) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(slots.entry(project_id.to_owned()).or_default())
-    }
-
-    /// (id, name) of a project by id or name, cached; concurrent misses share one lookup.
-    /// Unknown keys are not cached.
-    pub(crate) async fn resolve(
-        &self,
-        key: &str,
-    ) -> Result<Option<(String, String)>, anyhow::Error> {
-        let generation = self.cache_gen.load(Ordering::SeqCst);
-        let load = async {
-            match self.store.project_by_key(key).await {
-                Ok(Some(p)) => Ok((p.id, p.name)),
-                Ok(None) => Err(None),
-                Err(e) => Err(Some(format!("{e:#}"))),
-            }
-        };
-        let found = match self.key_cache.try_get_with(key.to_owned(), load).await {
-            Ok(v) => v,
-            Err(e) => {
-                return match &*e {
-                    None => Ok(None),
-                    Some(message) => Err(anyhow::anyhow!("{message}")),
-                };
-            }
-        };
-        if self.cache_gen.load(Ordering::SeqCst) != generation {
-            self.key_cache.invalidate(key).await;
-        }
-        Ok(Some(found))
     }
 
     pub(crate) async fn wake_inner(&self, key: &str) -> Result<WakeInfo, WakeError> {
@@ -128,6 +187,7 @@ impl ControlPlane {
             });
         }
         let (project_id, name) = self
+            .catalog
             .resolve(key)
             .await
             .map_err(|e| internal(format!("{e:#}")))?
@@ -306,7 +366,7 @@ impl ControlPlane {
             .await
     }
 
-    /// As [`ControlPlane::suspend_project`], for a caller already holding the project lock.
+    /// As [`Lifecycle::suspend_project`], for a caller already holding the project lock.
     pub(crate) async fn suspend_locked(
         &self,
         project_id: &str,
@@ -314,7 +374,7 @@ impl ControlPlane {
         respect_sessions: bool,
     ) -> Result<Option<Compute>, ControlError> {
         // After this, no new wake can be handed the address without taking the lock we hold.
-        self.wake_cache.invalidate(project_id);
+        self.invalidate(project_id);
         if respect_sessions {
             let sessions = self
                 .activity

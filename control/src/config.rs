@@ -1,0 +1,73 @@
+//! Settings of the control plane (the `doze serve` flags it reads).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which compute driver runs the computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DriverKind {
+    /// `mariadbd` processes on this machine.
+    #[default]
+    Local,
+}
+
+impl FromStr for DriverKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "local" => Ok(DriverKind::Local),
+            "kubernetes" | "k8s" => {
+                anyhow::bail!("the kubernetes driver is not built yet; use --driver local")
+            }
+            other => anyhow::bail!("unknown driver '{other}'; the available driver is `local`"),
+        }
+    }
+}
+
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriverKind::Local => f.write_str("local"),
+        }
+    }
+}
+
+/// Settings of the control plane (flags of the `doze` binary).
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// `sqlite://path` (file and parent directory created on first start) or `postgres://...`.
+    pub db_dsn: String,
+    /// Computes' storage: `<data_dir>/projects/<project_id>/...`.
+    pub data_dir: PathBuf,
+    pub driver: DriverKind,
+    /// Suspend a compute after this long without sessions or traffic; a project's
+    /// `config.idle_timeout` (seconds) overrides it. Zero means never.
+    pub idle_timeout: Duration,
+    /// How often the scheduler looks for idle computes.
+    pub check_interval: Duration,
+    /// Upper bound of one wake (including a compute start).
+    pub wake_timeout: Duration,
+    /// Bearer token required on every `/api` route when set.
+    pub admin_token: Option<String>,
+    /// `--max-allowed-packet` of every compute.
+    pub max_allowed_packet: String,
+    /// SIGTERM grace before SIGKILL when stopping a compute.
+    pub stop_timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            db_dsn: "sqlite://./doze-data/state.db".to_owned(),
+            data_dir: PathBuf::from("./doze-data"),
+            driver: DriverKind::Local,
+            idle_timeout: Duration::from_secs(300),
+            check_interval: Duration::from_secs(30),
+            wake_timeout: Duration::from_secs(30),
+            admin_token: None,
+            max_allowed_packet: "64M".to_owned(),
+            stop_timeout: Duration::from_secs(30),
+        }
+    }
+}
