@@ -70,8 +70,9 @@ impl Slot {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> WakeError {
-    WakeError::Internal(e.to_string())
+/// A state store failure on the wake path, with its whole cause chain.
+fn store_failed(e: anyhow::Error) -> WakeError {
+    WakeError::Store(format!("{e:#}"))
 }
 
 /// Runs, stops and watches computes.
@@ -139,9 +140,7 @@ impl Lifecycle {
     }
 
     fn arc(&self) -> Result<Arc<Self>, WakeError> {
-        self.me
-            .upgrade()
-            .ok_or_else(|| WakeError::Internal("the control plane is shutting down".into()))
+        self.me.upgrade().ok_or(WakeError::ShuttingDown)
     }
 
     fn forget_slot_inner(&self, project_id: &str) {
@@ -176,7 +175,7 @@ impl Lifecycle {
 
     async fn wake_measured(&self, key: &str) -> Result<WakeInfo, WakeError> {
         if self.shutting_down.load(Ordering::SeqCst) {
-            return Err(WakeError::Internal("doze is shutting down".into()));
+            return Err(WakeError::ShuttingDown);
         }
         // The proxy wakes by project id, which it resolved once at login: a warm wake is one
         // cache lookup, with no second resolution of the key.
@@ -190,8 +189,8 @@ impl Lifecycle {
             .catalog
             .resolve(key)
             .await
-            .map_err(|e| internal(format!("{e:#}")))?
-            .ok_or_else(|| WakeError::Internal(format!("unknown project '{key}'")))?;
+            .map_err(store_failed)?
+            .ok_or_else(|| WakeError::UnknownProject(key.to_owned()))?;
         if let Some(info) = self.wake_cache.get(&project_id) {
             return Ok(WakeInfo {
                 cold_start: ColdStart::Warm,
@@ -205,7 +204,7 @@ impl Lifecycle {
         let timeout = self.cfg.wake_timeout;
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(internal(format!("the wake task failed: {join}"))),
+            Ok(Err(join)) => Err(WakeError::Internal(format!("the wake task failed: {join}"))),
             Err(_) => Err(WakeError::Timeout {
                 project: key.to_owned(),
                 timeout_secs: timeout.as_secs().max(1),
@@ -229,7 +228,7 @@ impl Lifecycle {
             .store
             .compute_for_project(&project_id)
             .await
-            .map_err(|e| internal(format!("{e:#}")))?
+            .map_err(store_failed)?
             .ok_or_else(|| WakeError::NoCompute(name.clone()))?;
         if compute.state == ComputeState::Running
             && let Some(address) = compute.address.clone()
@@ -257,7 +256,7 @@ impl Lifecycle {
                 let _ = self.driver.stop(&project_id).await;
                 self.transition(&compute, ComputeState::Suspended, None, None, "lost")
                     .await
-                    .map_err(|e| internal(format!("{e:#}")))?
+                    .map_err(store_failed)?
             }
         };
         let result = self.start_locked(&compute, &name).await;
@@ -277,7 +276,7 @@ impl Lifecycle {
                 Some(
                     self.role_sync(&compute.project_id)
                         .await
-                        .map_err(|e| internal(format!("{e:#}")))?,
+                        .map_err(store_failed)?,
                 )
             } else {
                 None
@@ -285,7 +284,7 @@ impl Lifecycle {
             let starting = self
                 .transition(compute, ComputeState::Starting, None, None, "wake")
                 .await
-                .map_err(|e| internal(format!("{e:#}")))?;
+                .map_err(store_failed)?;
             let spec = ComputeSpec {
                 project_id: compute.project_id.clone(),
                 compute_id: compute.id.clone(),
@@ -309,16 +308,16 @@ impl Lifecycle {
                         "wake",
                     )
                     .await
-                    .map_err(|e| internal(format!("{e:#}")))?;
+                    .map_err(store_failed)?;
                     if let Some(sync) = &spec.roles {
                         self.store
                             .set_roles_dirty(&compute.project_id, false)
                             .await
-                            .map_err(|e| internal(format!("{e:#}")))?;
+                            .map_err(store_failed)?;
                         self.store
                             .clear_role_tombstones(&compute.project_id, &sync.drop)
                             .await
-                            .map_err(|e| internal(format!("{e:#}")))?;
+                            .map_err(store_failed)?;
                     }
                     let info = WakeInfo {
                         address,
@@ -340,7 +339,7 @@ impl Lifecycle {
                         "start failed",
                     )
                     .await
-                    .map_err(|e| internal(format!("{e:#}")))?;
+                    .map_err(store_failed)?;
                     Err(WakeError::StartFailed {
                         project: name.to_owned(),
                         reason,

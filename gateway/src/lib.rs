@@ -84,6 +84,14 @@ pub enum WakeError {
     RateLimited { project: String, retry_in_secs: u64 },
     #[error("the compute of project '{project}' did not become ready within {timeout_secs}s")]
     Timeout { project: String, timeout_secs: u64 },
+    #[error("unknown project '{0}'")]
+    UnknownProject(String),
+    #[error("doze is shutting down")]
+    ShuttingDown,
+    /// The state store failed (the cause, for logs; clients are told to retry).
+    #[error("the state store failed: {0}")]
+    Store(String),
+    /// A bug or a panic in the wake's own task.
     #[error("the control plane failed: {0}")]
     Internal(String),
 }

@@ -170,6 +170,15 @@ impl ProxyError {
                 "08004",
                 format!("doze: too many connections{scope}"),
             ),
+            ProxyError::Wake(WakeError::ShuttingDown) => {
+                (1053, "08S01", "doze: server shutdown in progress".to_owned())
+            }
+            // The cause is for doze's log, not for the client.
+            ProxyError::Wake(WakeError::Store(_) | WakeError::Internal(_)) => (
+                1105,
+                "HY000",
+                "doze: the control plane could not wake the compute; try again shortly".to_owned(),
+            ),
             ProxyError::Wake(e) => (1105, "HY000", format!("doze: {e}")),
             ProxyError::WakeTimeout(secs) => (
                 1105,

@@ -24,7 +24,7 @@ use crate::gateway::WakeError;
 use crate::store::{Compute, ComputeEvent, Project, Role};
 use crate::time::rfc3339;
 
-const OPENAPI: &str = include_str!("../../openapi.json");
+const OPENAPI: &str = include_str!("../openapi.json");
 
 #[derive(Clone)]
 struct AppState {
@@ -144,7 +144,16 @@ impl From<WakeError> for ApiError {
             WakeError::Timeout { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wake_timeout", msg)
             }
+            WakeError::UnknownProject(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
+            WakeError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", msg)
+            }
+            WakeError::Store(_) => {
+                tracing::error!(error = %msg, "wake failed in the state store");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", msg)
+            }
             WakeError::Internal(_) => {
+                tracing::error!(error = %msg, "wake failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wake_failed", msg)
             }
         }
