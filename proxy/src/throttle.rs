@@ -17,6 +17,7 @@
 //! and at most [`CAPACITY`] of each kind are kept, so memory is bounded whatever the traffic.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,11 @@ type Shared = Arc<Mutex<Entry>>;
 /// The failure records of one proxy.
 pub struct Throttle {
     backoff: Backoff,
+    /// When the last failure was recorded (ms since `created`; 0 = never). While no failure
+    /// is younger than [`FORGET_AFTER`], no record can exist, and a login costs no lookup at
+    /// all: the common case of a front door that sees no guessing.
+    last_failure_ms: AtomicU64,
+    created: Instant,
     roles: moka::sync::Cache<(String, String), Shared>,
     addresses: moka::sync::Cache<IpAddr, Shared>,
 }
@@ -86,6 +92,8 @@ impl Throttle {
     pub fn new(backoff: Backoff) -> Self {
         Self {
             backoff,
+            last_failure_ms: AtomicU64::new(0),
+            created: Instant::now(),
             roles: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_idle(FORGET_AFTER)
@@ -100,7 +108,7 @@ impl Throttle {
     /// How long this attempt must wait before its password is checked. Reserves the address's
     /// next answer slot, so concurrent attempts from one address are spaced out.
     pub fn wait_before_check(&self, attempt: Attempt<'_>) -> Duration {
-        if self.backoff.max.is_zero() {
+        if self.backoff.max.is_zero() || !self.may_have_records() {
             return Duration::ZERO;
         }
         let role_wait = self
@@ -119,7 +127,7 @@ impl Throttle {
     /// How long the answer to a login naming an unknown project waits: the address's delay
     /// (see [`Throttle::failed_address`]).
     pub fn wait_for_address(&self, ip: IpAddr) -> Duration {
-        if self.backoff.max.is_zero() {
+        if self.backoff.max.is_zero() || !self.may_have_records() {
             return Duration::ZERO;
         }
         let wait = self.reserve_answer(ip);
@@ -152,8 +160,24 @@ impl Throttle {
         answer_at - now
     }
 
+    /// False when no failure was recorded within [`FORGET_AFTER`]: every record has expired.
+    fn may_have_records(&self) -> bool {
+        let last = self.last_failure_ms.load(Ordering::Relaxed);
+        last != 0 && self.elapsed_ms().saturating_sub(last) <= FORGET_AFTER.as_millis() as u64
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        (self.created.elapsed().as_millis() as u64).max(1)
+    }
+
+    fn note_failure(&self) {
+        self.last_failure_ms
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
     /// Records a wrong password (or an unknown role, which must look the same).
     pub fn failed(&self, attempt: Attempt<'_>) {
+        self.note_failure();
         for entry in [
             self.roles.get_with(role_key(attempt), Shared::default),
             self.addresses
@@ -167,6 +191,7 @@ impl Throttle {
     /// Records a login naming a project that does not exist: counted against the address
     /// only (there is no role), so probing project names slows down like guessing passwords.
     pub fn failed_address(&self, ip: IpAddr) {
+        self.note_failure();
         let entry = self.addresses.get_with(address_key(ip), Shared::default);
         let mut e = lock(&entry);
         e.failures = e.failures.saturating_add(1);
@@ -176,6 +201,9 @@ impl Throttle {
     /// free failures (a user who mistyped and then got it right), not more: otherwise a guesser
     /// could clear its address's record by logging in to a project of its own in between.
     pub fn succeeded(&self, attempt: Attempt<'_>) {
+        if !self.may_have_records() {
+            return;
+        }
         self.roles.invalidate(&role_key(attempt));
         if let Some(entry) = self.addresses.get(&address_key(attempt.ip)) {
             let mut e = lock(&entry);

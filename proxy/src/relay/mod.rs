@@ -212,6 +212,10 @@ where
     let mut down = Pipe::new(client_flushes);
     let mut walker = CommandWalker::new();
     let mut intercepted = false;
+    // Created and registered with the token once: a fresh `cancelled()` per turn of the loop
+    // would lock the token's waiter list twice per packet.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             step = up.step_walked(client_r, backend_w, &mut walker, &mut intercepted, activity) => {
@@ -237,7 +241,7 @@ where
                     Step::ChangeUser => {}
                 }
             }
-            () = shutdown.cancelled() => {
+            () = &mut cancelled => {
                 tell_shutdown(&mut down, client_w).await;
                 return Err(ProxyError::ShuttingDown);
             }
