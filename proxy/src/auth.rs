@@ -11,7 +11,7 @@ use doze_protocol::native_password::verify_and_recover;
 
 use crate::error::ProxyError;
 use crate::handshake::NATIVE_PASSWORD;
-use crate::stream::{MAX_HANDSHAKE_PACKET, ReadError, read_packet, write_payload};
+use crate::stream::{MAX_HANDSHAKE_PACKET, PacketStream};
 
 /// Proof of the password, enough to log in to the backend as the client.
 #[derive(Clone)]
@@ -35,12 +35,10 @@ pub struct Attempt<'a> {
 }
 
 /// Checks the password, switching the client to mysql_native_password when it answered with
-/// another plugin. `seq` is the next sequence id towards the client and is advanced past any
-/// switch. Unknown roles go through the same exchange and get the same "Access denied", so
-/// probing reveals nothing.
+/// another plugin. Unknown roles go through the same exchange and get the same "Access
+/// denied", so probing reveals nothing.
 pub async fn authenticate<S>(
-    stream: &mut S,
-    seq: &mut u8,
+    conn: &mut PacketStream<S>,
     scramble: &[u8; 20],
     attempt: Attempt<'_>,
     stored: Option<[u8; 20]>,
@@ -51,7 +49,7 @@ where
 {
     let switched;
     let token = if needs_switch(attempt.plugin, attempt.token) {
-        switched = switch_to_native(stream, seq, scramble).await?;
+        switched = switch_to_native(conn, scramble).await?;
         switched.as_slice()
     } else {
         attempt.token
@@ -75,8 +73,7 @@ fn needs_switch(plugin: Option<&str>, token: &[u8]) -> bool {
 
 /// Sends AuthSwitchRequest(mysql_native_password, our scramble) and returns the client's reply.
 async fn switch_to_native<S>(
-    stream: &mut S,
-    seq: &mut u8,
+    conn: &mut PacketStream<S>,
     scramble: &[u8; 20],
 ) -> Result<Vec<u8>, ProxyError>
 where
@@ -88,16 +85,11 @@ where
     };
     let mut body = BytesMut::new();
     request.encode(&mut body);
-    *seq = write_payload(stream, *seq, &body)
+    conn.write(&body).await.map_err(ProxyError::ClientIo)?;
+    let reply = conn
+        .read(MAX_HANDSHAKE_PACKET)
         .await
-        .map_err(ProxyError::ClientIo)?;
-    let reply = read_packet(stream, MAX_HANDSHAKE_PACKET)
-        .await
-        .map_err(|e| match e {
-            ReadError::Io(e) => ProxyError::ClientIo(e),
-            ReadError::Protocol(e) => ProxyError::ClientProtocol(e),
-        })?;
-    *seq = reply.seq.wrapping_add(1);
+        .map_err(ProxyError::client_read)?;
     Ok(reply.payload.to_vec())
 }
 
@@ -120,11 +112,10 @@ mod tests {
         let scramble = *b"abcdefghijklmnopqrst";
         let stored = stored_hash(b"s3cret");
         let token = scramble_response(b"s3cret", &scramble);
-        let (mut a, _b) = tokio::io::duplex(64);
-        let mut seq = 2;
+        let (a, _b) = tokio::io::duplex(64);
+        let mut a = PacketStream::resume(a, 2);
         let creds = authenticate(
             &mut a,
-            &mut seq,
             &scramble,
             Attempt {
                 plugin: Some(NATIVE_PASSWORD),
@@ -135,12 +126,13 @@ mod tests {
         )
         .await
         .expect("valid token");
-        assert_eq!(seq, 2, "no switch, no packets");
+        assert_eq!(a.into_parts().1, 2, "no switch, no packets");
+        let (a, _b) = tokio::io::duplex(64);
+        let mut a = PacketStream::resume(a, 2);
         assert_eq!(creds.stored, stored);
         let wrong = scramble_response(b"nope", &scramble);
         let err = authenticate(
             &mut a,
-            &mut seq,
             &scramble,
             Attempt {
                 plugin: Some(NATIVE_PASSWORD),

@@ -19,7 +19,7 @@ use crate::auth::Credentials;
 use crate::error::ProxyError;
 use crate::handshake::NATIVE_PASSWORD;
 use crate::proxy_protocol;
-use crate::stream::{MAX_HANDSHAKE_PACKET, ReadError, read_packet, write_payload};
+use crate::stream::{MAX_HANDSHAKE_PACKET, read_packet, write_payload};
 
 /// Flags that change the wire format after login: both legs must carry the same value.
 pub fn format_flags() -> Capabilities {
@@ -208,10 +208,7 @@ pub fn sign(credentials: &Credentials, scramble: &[u8]) -> [u8; 20] {
 async fn read_backend<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Packet, ProxyError> {
     read_packet(stream, MAX_HANDSHAKE_PACKET)
         .await
-        .map_err(|e| match e {
-            ReadError::Io(e) => ProxyError::BackendIo(e),
-            ReadError::Protocol(e) => ProxyError::BackendProtocol(e),
-        })
+        .map_err(ProxyError::backend_read)
 }
 
 fn backend_err(payload: &[u8]) -> ProxyError {

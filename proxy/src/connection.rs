@@ -27,7 +27,7 @@ use crate::metrics;
 use crate::names;
 use crate::relay::{self, End, change_user::AuthState, change_user::SessionAuth};
 use crate::route::{self, Route};
-use crate::stream::{ClientStream, send_err, write_payload};
+use crate::stream::{ClientStream, PacketStream};
 use crate::throttle::{self, Throttle};
 
 /// What every connection shares: settings, the control plane, the connection budgets and the
@@ -102,13 +102,13 @@ pub async fn handle<C: Control + Clone>(
 
 /// A client that proved its password.
 struct Authenticated {
-    stream: ClientStream,
+    /// The client's socket, at the sequence id of our next packet to it.
+    conn: PacketStream<ClientStream>,
     hello_caps: Capabilities,
     collation: u8,
     max_packet: u32,
     attributes: Option<Vec<(String, String)>>,
     scramble: [u8; 20],
-    next_seq: u8,
     route: Route,
     project_id: String,
     project_name: String,
@@ -130,16 +130,11 @@ async fn run<C: Control + Clone>(
     drop(login_slot);
     metrics::handshake_duration().record(started.elapsed().as_secs_f64());
     let Some(_session_slot) = shared.limits.session_slot() else {
-        return fail(
-            client.stream,
-            client.next_seq,
-            ProxyError::TooManyConnections(""),
-        )
-        .await;
+        return fail(client.conn, ProxyError::TooManyConnections("")).await;
     };
     let activity = shared.control.activity(&client.project_id);
     if let Err(e) = check_project_limit(cfg, &activity) {
-        return fail(client.stream, client.next_seq, e).await;
+        return fail(client.conn, e).await;
     }
     let _session = activity.open_session();
     let proxy_header = match (cfg.backend_proxy_protocol, local) {
@@ -148,9 +143,11 @@ async fn run<C: Control + Clone>(
     };
     let backend = match connect_backend(shared, &client, proxy_header).await {
         Ok(b) => b,
-        Err(e) => return fail(client.stream, client.next_seq, e).await,
+        Err(e) => return fail(client.conn, e).await,
     };
-    client.next_seq = write_payload(&mut client.stream, client.next_seq, &backend.ok_payload)
+    client
+        .conn
+        .write(&backend.ok_payload)
         .await
         .map_err(ProxyError::ClientIo)?;
     relay_session(shared, client, backend, &activity, _session).await
@@ -167,27 +164,26 @@ async fn login_client<C: Control>(
     let hello = match handshake::client_handshake(tcp, id, cfg).await {
         Ok(h) => h,
         Err(failed) => {
-            if let Some(stream) = failed.stream {
-                return fail(stream, failed.seq, failed.error).await;
+            if let Some(conn) = failed.conn {
+                return fail(conn, failed.error).await;
             }
             return Err(failed.error);
         }
     };
     let ClientHello {
-        mut stream,
+        mut conn,
         response,
         scramble,
         capabilities,
-        mut next_seq,
     } = hello;
     let Some(route) = route::route(
-        stream.sni(),
+        conn.get_ref().sni(),
         cfg.sni_suffix.as_deref(),
         &response.username,
         response.database.as_deref(),
     ) else {
         metrics::auth_failure("no_project");
-        return fail(stream, next_seq, ProxyError::NoProject).await;
+        return fail(conn, ProxyError::NoProject).await;
     };
     let span = tracing::Span::current();
     span.record(
@@ -197,7 +193,7 @@ async fn login_client<C: Control>(
     span.record("user", field::display(names::for_log(&route.user)));
     if let Err(what) = names::check_login_names(&route.user, route.database.as_deref()) {
         metrics::auth_failure("bad_name");
-        return fail(stream, next_seq, ProxyError::BadName(what)).await;
+        return fail(conn, ProxyError::BadName(what)).await;
     }
     let lookup = match shared
         .control
@@ -213,7 +209,7 @@ async fn login_client<C: Control>(
                 tokio::time::sleep(wait).await;
                 shared.throttle.failed_address(peer.ip());
             }
-            return fail(stream, next_seq, e.into()).await;
+            return fail(conn, e.into()).await;
         }
     };
     let attempt = Attempt {
@@ -234,8 +230,7 @@ async fn login_client<C: Control>(
         tokio::time::sleep(wait).await;
     }
     let checked = auth::authenticate(
-        &mut stream,
-        &mut next_seq,
+        &mut conn,
         &scramble,
         attempt,
         lookup.stored_hash,
@@ -249,19 +244,18 @@ async fn login_client<C: Control>(
                 metrics::auth_failure("bad_password");
                 shared.throttle.failed(who);
             }
-            return fail(stream, next_seq, e).await;
+            return fail(conn, e).await;
         }
     };
     shared.throttle.succeeded(who);
     debug!(via = route.via, "authenticated");
     Ok(Authenticated {
-        stream,
+        conn,
         hello_caps: capabilities,
         collation: response.collation,
         max_packet: response.max_packet,
         attributes: response.attributes,
         scramble,
-        next_seq,
         route,
         project_id: lookup.project_id,
         project_name: lookup.project_name,
@@ -323,7 +317,7 @@ async fn relay_session<C: Control + Clone>(
     };
     let mut backend_tcp = backend.stream;
     let (mut br, mut bw) = backend_tcp.split();
-    match client.stream {
+    match client.conn.into_parts().0 {
         ClientStream::Plain(mut tcp) => {
             let (mut cr, mut cw) = tcp.split();
             relay::relay(
@@ -379,9 +373,9 @@ impl<C: Control> SessionAuth for ConnAuth<C> {
 }
 
 /// Sends the client the ERR for `error` (when it has one) and returns the error.
-async fn fail<T>(mut stream: ClientStream, seq: u8, error: ProxyError) -> Result<T, ProxyError> {
+async fn fail<T>(mut conn: PacketStream<ClientStream>, error: ProxyError) -> Result<T, ProxyError> {
     if let Some(packet) = error.to_err_packet() {
-        send_err(&mut stream, seq, &packet).await;
+        conn.send_err(&packet).await;
     }
     Err(error)
 }

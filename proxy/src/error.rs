@@ -9,6 +9,7 @@ use doze_protocol::{ErrPacket, ProtocolError};
 
 use crate::limits::Refused;
 use crate::names;
+use crate::stream::ReadError;
 
 /// Everything that can end a client connection before or during the relay.
 #[derive(Debug, thiserror::Error)]
@@ -70,35 +71,73 @@ pub enum ProxyError {
     ShuttingDown,
 }
 
+/// Whose fault a failure is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blame {
+    Client,
+    Doze,
+}
+
 impl ProxyError {
+    /// A failed read from the client.
+    pub fn client_read(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => ProxyError::ClientIo(e),
+            ReadError::Protocol(e) => ProxyError::ClientProtocol(e),
+        }
+    }
+
+    /// A failed read from the compute.
+    pub fn backend_read(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => ProxyError::BackendIo(e),
+            ReadError::Protocol(e) => ProxyError::BackendProtocol(e),
+        }
+    }
+
+    /// The classification of a failure, in one table: its fixed label for metrics
+    /// (`doze_proxy_connections_closed_total{reason}`) and whether it is the client's fault
+    /// (bad input: logged at info) or doze's or the compute's (logged as a warning). The ERR
+    /// each one sends is [`ProxyError::to_err_packet`].
+    fn class(&self) -> (&'static str, Blame) {
+        use Blame::{Client, Doze};
+        match self {
+            ProxyError::ClientIo(_) => ("client_io", Client),
+            ProxyError::ClientProtocol(_) => ("client_protocol", Client),
+            ProxyError::HandshakeTimeout => ("handshake_timeout", Client),
+            ProxyError::FirstPacketTimeout => ("first_packet_timeout", Client),
+            ProxyError::LoginBudget(_) => ("too_many_logins", Client),
+            ProxyError::Tls(_) => ("tls", Client),
+            ProxyError::TlsRequired => ("tls_required", Client),
+            ProxyError::ClientTooOld => ("client_too_old", Client),
+            ProxyError::NoProject => ("no_project", Client),
+            ProxyError::BadName(_) => ("bad_name", Client),
+            ProxyError::UnknownProject(_) => ("unknown_project", Client),
+            ProxyError::AccessDenied { .. } => ("access_denied", Client),
+            ProxyError::ChangeUserRefused(_) => ("change_user_refused", Client),
+            ProxyError::ControlUnavailable(_) => ("control_unavailable", Doze),
+            ProxyError::TooManyConnections(_) => ("too_many_connections", Doze),
+            ProxyError::Wake(_) => ("wake_failed", Doze),
+            ProxyError::WakeTimeout(_) => ("wake_timeout", Doze),
+            ProxyError::BackendConnect(_) => ("backend_connect", Doze),
+            ProxyError::BackendIo(_) => ("backend_io", Doze),
+            ProxyError::BackendLoginTimeout(_) => ("backend_login_timeout", Doze),
+            ProxyError::BackendProtocol(_) => ("backend_protocol", Doze),
+            ProxyError::BackendErr(_) => ("backend_rejected", Doze),
+            ProxyError::BackendIncompatible(_) => ("backend_incompatible", Doze),
+            ProxyError::ShuttingDown => ("shutting_down", Doze),
+        }
+    }
+
     /// A fixed label for metrics (`doze_proxy_connections_closed_total{reason}`).
     pub fn reason(&self) -> &'static str {
-        match self {
-            ProxyError::ClientIo(_) => "client_io",
-            ProxyError::ClientProtocol(_) => "client_protocol",
-            ProxyError::HandshakeTimeout => "handshake_timeout",
-            ProxyError::FirstPacketTimeout => "first_packet_timeout",
-            ProxyError::LoginBudget(_) => "too_many_logins",
-            ProxyError::Tls(_) => "tls",
-            ProxyError::TlsRequired => "tls_required",
-            ProxyError::ClientTooOld => "client_too_old",
-            ProxyError::NoProject => "no_project",
-            ProxyError::UnknownProject(_) => "unknown_project",
-            ProxyError::ControlUnavailable(_) => "control_unavailable",
-            ProxyError::AccessDenied { .. } => "access_denied",
-            ProxyError::TooManyConnections(_) => "too_many_connections",
-            ProxyError::Wake(_) => "wake_failed",
-            ProxyError::WakeTimeout(_) => "wake_timeout",
-            ProxyError::BackendConnect(_) => "backend_connect",
-            ProxyError::BackendIo(_) => "backend_io",
-            ProxyError::BackendLoginTimeout(_) => "backend_login_timeout",
-            ProxyError::BackendProtocol(_) => "backend_protocol",
-            ProxyError::BackendErr(_) => "backend_rejected",
-            ProxyError::BadName(_) => "bad_name",
-            ProxyError::BackendIncompatible(_) => "backend_incompatible",
-            ProxyError::ChangeUserRefused(_) => "change_user_refused",
-            ProxyError::ShuttingDown => "shutting_down",
-        }
+        self.class().0
+    }
+
+    /// Whether the failure is the client's (bad input) rather than ours or the backend's; used
+    /// for the log level.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self.class().1, Blame::Client)
     }
 
     /// The ERR packet the client gets, or `None` when the client cannot be written to (its
@@ -215,27 +254,6 @@ impl ProxyError {
             ProxyError::ShuttingDown => (1053, "08S01", "doze: server shutdown in progress".to_owned()),
         };
         Some(ErrPacket::new(code, state, message))
-    }
-
-    /// Whether the failure is the client's (bad input) rather than ours or the backend's; used
-    /// for the log level.
-    pub fn is_client_fault(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ClientIo(_)
-                | ProxyError::ClientProtocol(_)
-                | ProxyError::HandshakeTimeout
-                | ProxyError::FirstPacketTimeout
-                | ProxyError::LoginBudget(_)
-                | ProxyError::Tls(_)
-                | ProxyError::TlsRequired
-                | ProxyError::ClientTooOld
-                | ProxyError::NoProject
-                | ProxyError::BadName(_)
-                | ProxyError::UnknownProject(_)
-                | ProxyError::AccessDenied { .. }
-                | ProxyError::ChangeUserRefused(_)
-        )
     }
 }
 

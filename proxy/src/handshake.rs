@@ -11,7 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
-use crate::stream::{ClientStream, MAX_HANDSHAKE_PACKET, ReadError, read_packet, write_payload};
+use crate::stream::{ClientStream, MAX_HANDSHAKE_PACKET, PacketStream};
 
 /// The plugin every doze greeting names: the only one a proxy holding SHA1(SHA1(pw)) can both
 /// verify and re-sign for the backend.
@@ -19,119 +19,92 @@ pub const NATIVE_PASSWORD: &str = "mysql_native_password";
 
 /// What the client said in the connection phase.
 pub struct ClientHello {
-    pub stream: ClientStream,
+    /// The client's socket, at the sequence id of our next packet to it.
+    pub conn: PacketStream<ClientStream>,
     pub response: HandshakeResponse,
     /// The scramble the client signs with (ours).
     pub scramble: [u8; 20],
     /// Client capabilities ∧ greeting capabilities: what this session speaks.
     pub capabilities: Capabilities,
-    /// Sequence id of our next packet to the client.
-    pub next_seq: u8,
 }
 
 /// A handshake that failed, with the stream when an ERR can still be written to it.
 pub struct Failed {
-    pub stream: Option<ClientStream>,
-    pub seq: u8,
+    pub conn: Option<PacketStream<ClientStream>>,
     pub error: ProxyError,
 }
 
 impl Failed {
-    fn new(stream: Option<ClientStream>, seq: u8, error: ProxyError) -> Self {
-        Self { stream, seq, error }
+    fn new(conn: Option<PacketStream<ClientStream>>, error: ProxyError) -> Self {
+        Self { conn, error }
     }
 }
 
 /// Greets the client on `tcp` and reads its login request.
 pub async fn client_handshake(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     connection_id: u32,
     cfg: &ProxyConfig,
 ) -> Result<ClientHello, Failed> {
     let greeting_caps = cfg.greeting_capabilities();
     let scramble = new_scramble();
     let greeting = greeting(cfg, connection_id, greeting_caps, &scramble);
-    if let Err(e) = write_payload(&mut tcp, 0, &greeting).await {
-        return Err(Failed::new(None, 0, ProxyError::ClientIo(e)));
+    let mut plain = PacketStream::new(tcp);
+    if let Err(e) = plain.write(&greeting).await {
+        return Err(Failed::new(None, ProxyError::ClientIo(e)));
     }
-    let first = tokio::time::timeout(
-        cfg.first_packet_timeout,
-        read_packet(&mut tcp, MAX_HANDSHAKE_PACKET),
-    )
-    .await;
-    let first = match first {
-        Err(_) => return Err(Failed::new(None, 0, ProxyError::FirstPacketTimeout)),
+    let first = tokio::time::timeout(cfg.first_packet_timeout, plain.read(MAX_HANDSHAKE_PACKET));
+    let first = match first.await {
+        Err(_) => return Err(Failed::new(None, ProxyError::FirstPacketTimeout)),
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
-            return Err(Failed::new(
-                Some(ClientStream::Plain(tcp)),
-                2,
-                read_error(e),
-            ));
+            let (tcp, seq) = plain.into_parts();
+            let conn = PacketStream::resume(ClientStream::Plain(tcp), seq);
+            return Err(Failed::new(Some(conn), ProxyError::client_read(e)));
         }
     };
-    let (stream, packet) = if is_ssl_request(&first.payload) {
+    let (conn, packet) = if is_ssl_request(&first.payload) {
+        let (tcp, seq) = plain.into_parts();
         let Some(tls) = cfg.tls.clone() else {
             let err = ProxyError::ClientProtocol(doze_protocol::ProtocolError::Malformed(
                 "SSLRequest, but this server does not offer TLS",
             ));
-            return Err(Failed::new(
-                Some(ClientStream::Plain(tcp)),
-                first.seq.wrapping_add(1),
-                err,
-            ));
+            let conn = PacketStream::resume(ClientStream::Plain(tcp), seq);
+            return Err(Failed::new(Some(conn), err));
         };
         if let Err(e) = SslRequest::decode(&first.payload) {
-            return Err(Failed::new(None, 0, ProxyError::ClientProtocol(e)));
+            return Err(Failed::new(None, ProxyError::ClientProtocol(e)));
         }
         let tls_stream = TlsAcceptor::from(tls)
             .accept(tcp)
             .await
-            .map_err(|e| Failed::new(None, 0, ProxyError::Tls(e)))?;
-        let mut stream = ClientStream::Tls(Box::new(tls_stream));
-        match read_packet(&mut stream, MAX_HANDSHAKE_PACKET).await {
-            Ok(p) => (stream, p),
-            Err(e) => return Err(Failed::new(Some(stream), 3, read_error(e))),
+            .map_err(|e| Failed::new(None, ProxyError::Tls(e)))?;
+        let mut conn = PacketStream::resume(ClientStream::Tls(Box::new(tls_stream)), seq);
+        match conn.read(MAX_HANDSHAKE_PACKET).await {
+            Ok(p) => (conn, p),
+            Err(e) => return Err(Failed::new(Some(conn), ProxyError::client_read(e))),
         }
     } else {
-        (ClientStream::Plain(tcp), first)
+        let (tcp, seq) = plain.into_parts();
+        (PacketStream::resume(ClientStream::Plain(tcp), seq), first)
     };
-    let next_seq = packet.seq.wrapping_add(1);
-    if cfg.require_tls && !stream.is_tls() {
-        return Err(Failed::new(Some(stream), next_seq, ProxyError::TlsRequired));
+    if cfg.require_tls && !conn.get_ref().is_tls() {
+        return Err(Failed::new(Some(conn), ProxyError::TlsRequired));
     }
     let response = match HandshakeResponse::decode(&packet.payload) {
         Ok(r) => r,
-        Err(e) => {
-            return Err(Failed::new(
-                Some(stream),
-                next_seq,
-                ProxyError::ClientProtocol(e),
-            ));
-        }
+        Err(e) => return Err(Failed::new(Some(conn), ProxyError::ClientProtocol(e))),
     };
     if !response.capabilities.contains(Capabilities::PROTOCOL_41) {
-        return Err(Failed::new(
-            Some(stream),
-            next_seq,
-            ProxyError::ClientTooOld,
-        ));
+        return Err(Failed::new(Some(conn), ProxyError::ClientTooOld));
     }
     let capabilities = response.capabilities & greeting_caps;
     Ok(ClientHello {
-        stream,
+        conn,
         response,
         scramble,
         capabilities,
-        next_seq,
     })
-}
-
-fn read_error(e: ReadError) -> ProxyError {
-    match e {
-        ReadError::Io(e) => ProxyError::ClientIo(e),
-        ReadError::Protocol(e) => ProxyError::ClientProtocol(e),
-    }
 }
 
 /// 20 random printable bytes from the thread's CSPRNG. Printable because some clients read

@@ -139,3 +139,51 @@ pub async fn send_err<S: AsyncWrite + Unpin>(stream: &mut S, seq: u8, err: &ErrP
     err.encode(&mut body);
     let _ = write_payload(stream, seq, &body).await;
 }
+
+/// A connection-phase socket and its framing state: the stream and the sequence id of the next
+/// packet to send. Reads set it to answer what was read; writes advance it. The handshake, the
+/// authentication and the connection's error path all go through one of these, so no phase
+/// threads `(stream, seq)` by hand.
+pub struct PacketStream<S> {
+    stream: S,
+    seq: u8,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
+    /// A fresh connection phase: the server speaks first, at sequence id 0.
+    pub fn new(stream: S) -> Self {
+        Self { stream, seq: 0 }
+    }
+
+    /// A connection phase that goes on over another stream (after the TLS upgrade).
+    pub fn resume(stream: S, seq: u8) -> Self {
+        Self { stream, seq }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// The stream and the sequence id of the next packet to send.
+    pub fn into_parts(self) -> (S, u8) {
+        (self.stream, self.seq)
+    }
+
+    /// Reads one packet of at most `max` bytes; the next write answers it.
+    pub async fn read(&mut self, max: usize) -> Result<Packet, ReadError> {
+        let packet = read_packet(&mut self.stream, max).await?;
+        self.seq = packet.seq.wrapping_add(1);
+        Ok(packet)
+    }
+
+    /// Writes `payload` as one packet (flushed).
+    pub async fn write(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.seq = write_payload(&mut self.stream, self.seq, payload).await?;
+        Ok(())
+    }
+
+    /// Sends `err`, ignoring failures: the connection is ending anyway.
+    pub async fn send_err(&mut self, err: &ErrPacket) {
+        send_err(&mut self.stream, self.seq, err).await;
+    }
+}

@@ -17,7 +17,7 @@ use crate::error::ProxyError;
 use crate::handshake::NATIVE_PASSWORD;
 use crate::relay::{Pipe, take_packet};
 use crate::route::strip_db_prefix;
-use crate::stream::{MAX_HANDSHAKE_PACKET, send_err, write_payload};
+use crate::stream::{MAX_HANDSHAKE_PACKET, PacketStream, send_err, write_payload};
 
 /// The session state a change of user reads and updates.
 pub struct AuthState {
@@ -81,8 +81,11 @@ where
         token: &request.auth_response,
     };
     let checked = {
-        let mut client = tokio::io::join(&mut *io.client_r, &mut *io.client_w);
-        auth::authenticate(&mut client, &mut seq, &scramble, attempt, stored, &user).await
+        let client = tokio::io::join(&mut *io.client_r, &mut *io.client_w);
+        let mut conn = PacketStream::resume(client, seq);
+        let checked = auth::authenticate(&mut conn, &scramble, attempt, stored, &user).await;
+        seq = conn.into_parts().1;
+        checked
     };
     let credentials = match checked {
         Ok(c) => c,
