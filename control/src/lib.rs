@@ -8,7 +8,6 @@
 //! process; the REST API ([`rest::router`]) and the scheduler go through the same code paths.
 
 pub mod driver;
-pub mod mariadb;
 pub mod metrics;
 pub mod roles;
 pub mod store;
@@ -47,6 +46,9 @@ use crate::gateway::{LookupError, RoleLookup, WakeError, WakeInfo};
 use crate::lifecycle::Lifecycle;
 use crate::roles::RoleDef;
 use crate::store::{Compute, ComputeEvent, Project, Role, Store};
+
+/// Finding, initialising and starting `mariadbd` (the local driver's, shared with the test kit).
+pub use crate::driver::mariadb;
 
 pub use crate::config::{ControlConfig, DriverKind};
 pub use crate::error::ControlError;

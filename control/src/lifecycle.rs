@@ -220,8 +220,7 @@ impl Lifecycle {
         let slot = self.slot(&project_id);
         let _guard = slot.lock.lock().await;
         if let Some(info) = self.wake_cache.get(&project_id) {
-            Stats::bump(&self.stats.wakes_coalesced);
-            metrics::counter!(m::WAKES_COALESCED).increment(1);
+            self.stats.record_coalesced();
             return Ok(info);
         }
         let compute = self
@@ -296,9 +295,7 @@ impl Lifecycle {
             match self.driver.start(&spec).await {
                 Ok(Running { address, handle }) => {
                     let took = t0.elapsed();
-                    metrics::histogram!(m::COMPUTE_START_DURATION).record(took.as_secs_f64());
-                    metrics::counter!(m::COMPUTE_STARTS).increment(1);
-                    Stats::bump(&self.stats.compute_starts);
+                    self.stats.record_start(took);
                     tracing::info!(%address, ?took, "compute running");
                     self.transition(
                         &starting,
@@ -330,7 +327,7 @@ impl Lifecycle {
                 }
                 Err(e) => {
                     let reason = format!("{e:#}");
-                    Stats::bump(&self.stats.start_failures);
+                    self.stats.record_start_failure();
                     tracing::error!(%reason, "compute failed to start");
                     self.transition_with_error(
                         &starting,
@@ -414,8 +411,7 @@ impl Lifecycle {
                         .await?
                 }
             };
-            Stats::bump(&self.stats.suspends);
-            metrics::counter!(m::SUSPENDS, "reason" => reason.to_owned()).increment(1);
+            self.stats.record_suspend(reason);
             tracing::info!("compute suspended");
             Ok(Some(done))
         }

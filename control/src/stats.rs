@@ -1,4 +1,6 @@
-//! Exact event counts, independent of the metrics recorder (what tests assert on).
+//! Exact event counts, independent of the metrics recorder (what tests assert on), and the one
+//! place each event is recorded: every `record_*` method bumps the count and the Prometheus
+//! metric together, so the two can never disagree.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,5 +27,31 @@ impl Stats {
     }
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Stats {
+    /// A compute started, after `took`.
+    pub(crate) fn record_start(&self, took: std::time::Duration) {
+        Self::bump(&self.compute_starts);
+        metrics::counter!(crate::metrics::COMPUTE_STARTS).increment(1);
+        metrics::histogram!(crate::metrics::COMPUTE_START_DURATION).record(took.as_secs_f64());
+    }
+
+    /// A compute failed to start.
+    pub(crate) fn record_start_failure(&self) {
+        Self::bump(&self.start_failures);
+    }
+
+    /// A wake was answered by a start (or check) another waiter performed.
+    pub(crate) fn record_coalesced(&self) {
+        Self::bump(&self.wakes_coalesced);
+        metrics::counter!(crate::metrics::WAKES_COALESCED).increment(1);
+    }
+
+    /// A compute was suspended, for `reason`.
+    pub(crate) fn record_suspend(&self, reason: &str) {
+        Self::bump(&self.suspends);
+        metrics::counter!(crate::metrics::SUSPENDS, "reason" => reason.to_owned()).increment(1);
     }
 }

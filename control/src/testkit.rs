@@ -11,7 +11,7 @@ use mysql_async::prelude::Queryable;
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::mariadb::{self, ServerSpec};
+use crate::driver::mariadb::{self, ServerSpec};
 
 /// A private mariadbd, sealed as doze seals computes: root has a random password and is
 /// reachable through [`MariaDb::root`] (the unix socket) only.

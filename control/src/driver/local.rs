@@ -33,7 +33,7 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 
 use super::{BoxFuture, ComputeDriver, ComputeSpec, RoleOp, Running};
-use crate::mariadb::{self, ServerSpec, TRAVERSE_ONLY_DIR};
+use crate::driver::mariadb::{self, ServerSpec, TRAVERSE_ONLY_DIR};
 use crate::roles::{self, RESERVED_ROLE_NAMES};
 
 /// The uids (and gids) computes run as when doze is root: far above the ranges distributions

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use crate::roles::RoleDef;
 
 pub mod local;
+pub mod mariadb;
 pub mod options;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
