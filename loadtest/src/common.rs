@@ -54,27 +54,9 @@ pub struct Common {
 }
 
 /// Parses "8", "8s", "500ms", "2m", "1h", "1.5s".
+/// doze's own duration syntax (`250ms`, `8s`, `5m`, a bare number of seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "us" => n / 1_000_000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => bail!("invalid duration unit in {s:?} (use ms, s, m or h)"),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        bail!("invalid duration {s:?}");
-    }
-    Ok(Duration::from_secs_f64(secs))
+    doze_proxy::config::parse_duration(s).map_err(anyhow::Error::msg)
 }
 
 pub fn split_hostport(target: &str) -> Result<(String, u16)> {

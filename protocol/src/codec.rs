@@ -44,7 +44,9 @@ impl Packet {
     }
 }
 
-/// Reads only a 4-byte header: (payload length, seq).
+/// Reads only a 4-byte header: (payload length, seq). Inlined across crates: the relay's
+/// header walk calls it for every packet.
+#[inline]
 pub fn parse_header(h: [u8; 4]) -> (usize, u8) {
     let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
     (len, h[3])

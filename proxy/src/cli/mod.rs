@@ -4,8 +4,6 @@ mod admin;
 mod metrics_http;
 mod serve;
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -62,36 +60,12 @@ pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(text.lines().next().unwrap_or("").trim().to_owned())
 }
 
-/// Parses durations such as `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration; use e.g. 250ms, 30s, 5m, 1h"))?;
-    let secs = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}'; use ms, s, m or h"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{text}' is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use doze_proxy::config::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn durations() {

@@ -43,8 +43,7 @@ impl CommandWalker {
             if rest.len() < 4 {
                 return Scan::Forward(pos);
             }
-            let len = usize::from(rest[0]) | usize::from(rest[1]) << 8 | usize::from(rest[2]) << 16;
-            let seq = rest[3];
+            let (len, seq) = doze_protocol::parse_header([rest[0], rest[1], rest[2], rest[3]]);
             if self.starts_command(seq) && len > 0 {
                 match rest.get(4) {
                     None => return Scan::Forward(pos),
