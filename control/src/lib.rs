@@ -256,12 +256,7 @@ impl ControlPlane {
             name: role.name.clone(),
             stored_hash: role.stored_hash.clone(),
         };
-        let pushed = self
-            .lifecycle
-            .push_role_change(&project.id, RoleOp::Upsert(def))
-            .await;
-        self.catalog.changed();
-        pushed?;
+        self.role_changed(&project, RoleOp::Upsert(def)).await?;
         tracing::info!(project_id = %project.id, role = %name, "role created");
         Ok(role)
     }
@@ -282,14 +277,17 @@ impl ControlPlane {
             name: name.to_owned(),
             stored_hash: hash,
         };
-        let pushed = self
-            .lifecycle
-            .push_role_change(&project.id, RoleOp::Upsert(def))
-            .await;
-        self.catalog.changed();
-        pushed?;
+        self.role_changed(&project, RoleOp::Upsert(def)).await?;
         tracing::info!(project_id = %project.id, role = %name, "role password changed");
         self.catalog.role(&project, name).await
+    }
+
+    /// After a role's record changed: its account follows in the compute (now, or at the next
+    /// start), and the lookup caches forget the old answer whatever the push did.
+    async fn role_changed(&self, project: &Project, op: RoleOp) -> Result<(), ControlError> {
+        let pushed = self.lifecycle.push_role_change(&project.id, op).await;
+        self.catalog.changed();
+        pushed
     }
 
     pub async fn list_roles(
@@ -302,12 +300,8 @@ impl ControlPlane {
     pub async fn delete_role(&self, project_key: &str, name: &str) -> Result<(), ControlError> {
         let project = self.catalog.project(project_key).await?;
         self.catalog.remove_role(&project, name).await?;
-        let pushed = self
-            .lifecycle
-            .push_role_change(&project.id, RoleOp::Drop(name.to_owned()))
-            .await;
-        self.catalog.changed();
-        pushed?;
+        self.role_changed(&project, RoleOp::Drop(name.to_owned()))
+            .await?;
         tracing::info!(project_id = %project.id, role = %name, "role deleted");
         Ok(())
     }
