@@ -260,19 +260,39 @@ async fn without_a_token_doze_generates_one_that_only_its_user_can_read() {
         http_status(admin_port, "/api/v1/projects", Some(&token)),
         200
     );
-    let cli = Command::new(doze())
-        .args(["project", "create", "cli-made"])
-        .arg("--admin")
-        .arg(format!("http://127.0.0.1:{admin_port}"))
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("DOZE_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
+    let cli = |args: &[&str]| {
+        let out = Command::new(doze())
+            .args(args)
+            .arg("--admin")
+            .arg(format!("http://127.0.0.1:{admin_port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("DOZE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "doze {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&["project", "create", "cli-made"]);
+    // Names that need URL encoding reach the API as one path segment each.
+    for name in ["q", "q?z", "a b", "x/y", "p%41"] {
+        cli(&["role", "create", "cli-made", name, "--password", "pw-12345"]);
+    }
+    cli(&["role", "delete", "cli-made", "q?z"]);
+    cli(&["role", "delete", "cli-made", "x/y"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(&["role", "list", "cli-made"])).unwrap();
+    let mut names: Vec<&str> = listed["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a b", "p%41", "q"], "the wrong role was deleted");
     stop(child);
 }

@@ -143,20 +143,14 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
         ProjectCmd::List { conn } => {
             print(call(&conn, Method::GET, "/api/v1/projects", None).await?)
         }
-        ProjectCmd::Get { project, conn } => print(
-            call(
-                &conn,
-                Method::GET,
-                &format!("/api/v1/projects/{project}"),
-                None,
-            )
-            .await?,
-        ),
+        ProjectCmd::Get { project, conn } => {
+            print(call(&conn, Method::GET, &api_path(&["projects", &project]), None).await?)
+        }
         ProjectCmd::Delete { project, conn } => print(
             call(
                 &conn,
                 Method::DELETE,
-                &format!("/api/v1/projects/{project}"),
+                &api_path(&["projects", &project]),
                 None,
             )
             .await?,
@@ -168,24 +162,22 @@ pub async fn compute(cmd: ComputeCmd) -> anyhow::Result<()> {
     let (method, path, conn) = match cmd {
         ComputeCmd::Create { project, conn } => (
             Method::POST,
-            format!("/api/v1/projects/{project}/compute"),
+            api_path(&["projects", &project, "compute"]),
             conn,
         ),
-        ComputeCmd::Get { compute, conn } => {
-            (Method::GET, format!("/api/v1/compute/{compute}"), conn)
-        }
+        ComputeCmd::Get { compute, conn } => (Method::GET, api_path(&["compute", &compute]), conn),
         ComputeCmd::Suspend { compute, conn } => (
             Method::POST,
-            format!("/api/v1/compute/{compute}/suspend"),
+            api_path(&["compute", &compute, "suspend"]),
             conn,
         ),
         ComputeCmd::Resume { compute, conn } => (
             Method::POST,
-            format!("/api/v1/compute/{compute}/resume"),
+            api_path(&["compute", &compute, "resume"]),
             conn,
         ),
         ComputeCmd::Delete { compute, conn } => {
-            (Method::DELETE, format!("/api/v1/compute/{compute}"), conn)
+            (Method::DELETE, api_path(&["compute", &compute]), conn)
         }
     };
     let body = (method == Method::POST).then(|| json!({}));
@@ -212,7 +204,7 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
             call(
                 &conn,
                 Method::GET,
-                &format!("/api/v1/projects/{project}/roles"),
+                &api_path(&["projects", &project, "roles"]),
                 None,
             )
             .await?,
@@ -225,7 +217,7 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
             call(
                 &conn,
                 Method::DELETE,
-                &format!("/api/v1/projects/{project}/roles/{name}"),
+                &api_path(&["projects", &project, "roles", &name]),
                 None,
             )
             .await?,
@@ -261,7 +253,7 @@ async fn create_project(
             call(
                 conn,
                 Method::POST,
-                &format!("/api/v1/projects/{id}/compute"),
+                &api_path(&["projects", id, "compute"]),
                 Some(json!({})),
             )
             .await?,
@@ -287,10 +279,22 @@ async fn create_role(
     call(
         conn,
         Method::POST,
-        &format!("/api/v1/projects/{project}/roles"),
+        &api_path(&["projects", project, "roles"]),
         Some(json!({"name": name, "password": password})),
     )
     .await
+}
+
+/// `/api/v1/` and `segments`, each percent-encoded: a role named `q?z` or `a b` must reach the
+/// API as one path segment, never cut short at the `?` (which deleted the role `q`).
+fn api_path(segments: &[&str]) -> String {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let mut path = String::from("/api/v1");
+    for segment in segments {
+        path.push('/');
+        path.extend(utf8_percent_encode(segment, NON_ALPHANUMERIC));
+    }
+    path
 }
 
 /// The given password, or a new random one (and whether it was generated).
