@@ -4,12 +4,17 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use crate::driver::kubernetes::{AdminTls, KubernetesConfig};
+
 /// Which compute driver runs the computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DriverKind {
     /// `mariadbd` processes on this machine.
     #[default]
     Local,
+    /// A MariaDB pod per compute, with a PersistentVolumeClaim and a Secret (see
+    /// [`crate::driver::kubernetes`]).
+    Kubernetes,
 }
 
 impl FromStr for DriverKind {
@@ -17,10 +22,10 @@ impl FromStr for DriverKind {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "local" => Ok(DriverKind::Local),
-            "kubernetes" | "k8s" => {
-                anyhow::bail!("the kubernetes driver is not built yet; use --driver local")
+            "kubernetes" | "k8s" => Ok(DriverKind::Kubernetes),
+            other => {
+                anyhow::bail!("unknown driver '{other}'; the drivers are `local` and `kubernetes`")
             }
-            other => anyhow::bail!("unknown driver '{other}'; the available driver is `local`"),
         }
     }
 }
@@ -29,6 +34,7 @@ impl std::fmt::Display for DriverKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DriverKind::Local => f.write_str("local"),
+            DriverKind::Kubernetes => f.write_str("kubernetes"),
         }
     }
 }
@@ -54,6 +60,11 @@ pub struct ControlConfig {
     pub max_allowed_packet: String,
     /// SIGTERM grace before SIGKILL when stopping a compute.
     pub stop_timeout: Duration,
+    /// The Kubernetes driver's settings (used with `driver: Kubernetes`).
+    pub kubernetes: KubernetesConfig,
+    /// How doze's own administrative logins to computes are protected (the Kubernetes
+    /// driver's; the local driver uses the unix socket).
+    pub admin_tls: AdminTls,
 }
 
 impl Default for ControlConfig {
@@ -68,6 +79,8 @@ impl Default for ControlConfig {
             admin_token: None,
             max_allowed_packet: "64M".to_owned(),
             stop_timeout: Duration::from_secs(30),
+            kubernetes: KubernetesConfig::default(),
+            admin_tls: AdminTls::default(),
         }
     }
 }

@@ -40,6 +40,7 @@ use anyhow::Context;
 
 use crate::activity::Activity;
 use crate::catalog::Catalog;
+use crate::driver::kubernetes::KubernetesDriver;
 use crate::driver::local::LocalDriver;
 use crate::driver::{ComputeDriver, RoleOp};
 use crate::gateway::{LookupError, RoleLookup, WakeError, WakeInfo};
@@ -50,7 +51,7 @@ use crate::store::{Compute, ComputeEvent, Project, Role, Store};
 /// Finding, initialising and starting `mariadbd` (the local driver's, shared with the test kit).
 pub use crate::driver::mariadb;
 
-pub use crate::config::{ControlConfig, DriverKind};
+pub use crate::config::{AdminTls, ControlConfig, DriverKind, KubernetesConfig};
 pub use crate::error::ControlError;
 pub use crate::stats::Stats;
 
@@ -80,9 +81,30 @@ impl ControlPlane {
                 // so its own readiness bound is generous.
                 cfg.wake_timeout.max(Duration::from_secs(30)),
             )),
+            DriverKind::Kubernetes => Arc::new(Self::kubernetes_driver(&cfg).await?),
         };
         let cfg = ControlConfig { data_dir, ..cfg };
         Self::start_with_driver(cfg, activity, store, driver).await
+    }
+
+    async fn kubernetes_driver(cfg: &ControlConfig) -> anyhow::Result<KubernetesDriver> {
+        let k = &cfg.kubernetes;
+        let client_cfg = driver::kubernetes::client_config(k.kubeconfig.as_deref()).await?;
+        let server = client_cfg.cluster_url.to_string();
+        let client = kube::Client::try_from(client_cfg)
+            .with_context(|| format!("building a Kubernetes client for {server}"))?;
+        let driver = KubernetesDriver::connect(
+            client,
+            k,
+            cfg.max_allowed_packet.clone(),
+            cfg.stop_timeout,
+            cfg.wake_timeout.max(Duration::from_secs(30)),
+            cfg.admin_tls.clone(),
+        )
+        .await
+        .with_context(|| format!("connecting to the Kubernetes API at {server}"))?;
+        tracing::info!(%server, namespace = %k.namespace, image = %k.image, "kubernetes driver ready");
+        Ok(driver)
     }
 
     /// As [`ControlPlane::start`] with a given store and driver (another driver, or tests).
@@ -372,8 +394,10 @@ mod tests {
             "local".parse::<DriverKind>().expect("local"),
             DriverKind::Local
         );
-        let err = "kubernetes".parse::<DriverKind>().expect_err("k8s");
-        assert!(err.to_string().contains("not built yet"));
+        assert_eq!(
+            "kubernetes".parse::<DriverKind>().expect("k8s"),
+            DriverKind::Kubernetes
+        );
         assert!("nope".parse::<DriverKind>().is_err());
     }
 }

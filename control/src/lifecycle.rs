@@ -420,6 +420,10 @@ impl Lifecycle {
     }
 
     pub(crate) async fn shutdown_inner(&self) {
+        if self.driver.computes_outlive_doze() {
+            tracing::info!("leaving computes running: the next doze adopts them");
+            return;
+        }
         let computes = match self.store.list_computes().await {
             Ok(c) => c,
             Err(e) => {

@@ -2,6 +2,7 @@
 //! resumed, and a project's storage removed, each under the project's lock.
 
 use crate::activity::now_ms;
+use crate::driver::ComputeSpec;
 use crate::error::ControlError;
 use crate::gateway::WakeInfo;
 use crate::lifecycle::Lifecycle;
@@ -62,6 +63,19 @@ impl Lifecycle {
             }
             Err(e) => return Err(e.into()),
         }
+        let spec = ComputeSpec {
+            project_id: compute.project_id.clone(),
+            compute_id: compute.id.clone(),
+            config: compute.config.clone(),
+            roles: None,
+        };
+        if let Err(e) = self.driver.provision(&spec).await {
+            // Nothing half-made is left behind: no record without its storage.
+            let _ = self.store.delete_compute(&compute.id).await;
+            return Err(ControlError::Internal(
+                e.context("the compute's storage could not be created"),
+            ));
+        }
         self.gauge_move(None, Some(compute.state));
         tracing::info!(project_id = %project.id, compute_id = %compute.id, "compute created");
         Ok(compute)
@@ -87,6 +101,7 @@ impl Lifecycle {
         self.suspend_locked(&compute.project_id, "deleted", true)
             .await?;
         let current = self.compute(id).await?;
+        self.driver.compute_deleted(&compute.project_id).await?;
         self.store.delete_compute(id).await?;
         self.gauge_move(Some(current.state), None);
         self.invalidate(&compute.project_id);

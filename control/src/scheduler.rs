@@ -21,8 +21,27 @@ pub(crate) fn spawn(plane: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
             tokio::time::interval(plane.cfg.check_interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let lost = plane.driver.lost_notices();
         loop {
-            tick.tick().await;
+            let noticed = async {
+                match &lost {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = noticed => {
+                    // The driver saw a compute vanish: record it now, not at the next tick.
+                    if plane.shutting_down.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Err(e) = plane.find_lost().await {
+                        tracing::warn!(error = %format!("{e:#}"), "liveness check failed");
+                    }
+                    continue;
+                }
+            }
             if plane.shutting_down.load(Ordering::SeqCst) {
                 break;
             }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use doze_protocol::native_password::sign_with_hash1;
 use doze_protocol::{
-    AuthSwitchRequest, Capabilities, ErrPacket, Handshake, HandshakeResponse, Packet, ProtocolError,
+    AuthSwitchRequest, Capabilities, ErrPacket, Handshake, HandshakeResponse, Packet,
+    ProtocolError, SslRequest,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,7 +20,8 @@ use crate::auth::Credentials;
 use crate::error::ProxyError;
 use crate::handshake::NATIVE_PASSWORD;
 use crate::proxy_protocol;
-use crate::stream::{MAX_HANDSHAKE_PACKET, read_packet, write_payload};
+use crate::stream::{BackendStream, MAX_HANDSHAKE_PACKET, read_packet, write_payload};
+use crate::tls::BackendTls;
 
 /// Flags that change the wire format after login: both legs must carry the same value.
 pub fn format_flags() -> Capabilities {
@@ -53,7 +55,7 @@ pub struct Login<'a> {
 
 /// A logged-in backend connection.
 pub struct Backend {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     /// The payload of the backend's final OK, to forward to the client.
     pub ok_payload: bytes::Bytes,
     /// The scramble the backend expects COM_CHANGE_USER tokens to be signed with.
@@ -71,8 +73,13 @@ pub async fn connect(address: &str, timeout: Duration) -> std::io::Result<TcpStr
     Ok(stream)
 }
 
-/// Logs in on a connected `stream`.
-pub async fn login(mut stream: TcpStream, login: &Login<'_>) -> Result<Backend, ProxyError> {
+/// Logs in on a connected `stream`, over TLS first when `tls` is set (the compute must offer
+/// it: a compute that does not is refused, never used in the clear).
+pub async fn login(
+    mut stream: TcpStream,
+    login: &Login<'_>,
+    tls: Option<&BackendTls>,
+) -> Result<Backend, ProxyError> {
     if let Some((client, local)) = login.proxy_header {
         let header = proxy_protocol::v2_header(client, local);
         stream
@@ -86,9 +93,41 @@ pub async fn login(mut stream: TcpStream, login: &Login<'_>) -> Result<Backend, 
     }
     let handshake = Handshake::decode(&greeting.payload).map_err(ProxyError::BackendProtocol)?;
     let capabilities = backend_capabilities(login, handshake.capabilities)?;
+    let mut seq = greeting.seq.wrapping_add(1);
+    let (mut stream, sent_caps) = match tls {
+        None => (BackendStream::Plain(stream), capabilities),
+        Some(tls) => {
+            if !handshake.capabilities.contains(Capabilities::SSL) {
+                return Err(ProxyError::BackendIncompatible(
+                    "it does not offer TLS, and doze requires TLS to computes (--backend-tls require)"
+                        .to_owned(),
+                ));
+            }
+            let caps = capabilities | Capabilities::SSL;
+            let mut request = BytesMut::with_capacity(32);
+            SslRequest {
+                capabilities: caps,
+                max_packet: login.max_packet,
+                collation: login.collation,
+            }
+            .encode(&mut request);
+            write_payload(&mut stream, seq, &request)
+                .await
+                .map_err(ProxyError::BackendIo)?;
+            seq = seq.wrapping_add(1);
+            let secured = tls
+                .connector
+                .connect(tls.server_name.clone(), stream)
+                .await
+                .map_err(|e| {
+                    ProxyError::BackendIncompatible(format!("its TLS handshake failed: {e}"))
+                })?;
+            (BackendStream::Tls(Box::new(secured)), caps)
+        }
+    };
     let scramble = handshake.scramble.clone();
     let response = HandshakeResponse {
-        capabilities,
+        capabilities: sent_caps,
         max_packet: login.max_packet,
         collation: login.collation,
         username: login.user.to_owned(),
@@ -101,7 +140,7 @@ pub async fn login(mut stream: TcpStream, login: &Login<'_>) -> Result<Backend, 
     };
     let mut body = BytesMut::with_capacity(256);
     response.encode(&mut body);
-    write_payload(&mut stream, greeting.seq.wrapping_add(1), &body)
+    write_payload(&mut stream, seq, &body)
         .await
         .map_err(ProxyError::BackendIo)?;
     let done = finish_auth(&mut stream, login.credentials).await?;

@@ -45,6 +45,8 @@ pub struct ProxyConfig {
     /// Send a PROXY protocol v2 header to the backend so MariaDB sees the client's address
     /// (the backend must list doze in `proxy_protocol_networks`).
     pub backend_proxy_protocol: bool,
+    /// TLS to computes (`--backend-tls require`); `None`: plain TCP.
+    pub backend_tls: Option<crate::tls::BackendTls>,
     /// Accept up to this many connections queued in the kernel.
     pub backlog: u32,
     /// Bind with SO_REUSEPORT so several doze processes can share the port.
@@ -71,6 +73,7 @@ impl Default for ProxyConfig {
             max_connections_per_project: 0,
             drain_timeout: Duration::from_secs(30),
             backend_proxy_protocol: false,
+            backend_tls: None,
             backlog: 4096,
             reuse_port: false,
         }

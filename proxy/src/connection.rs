@@ -27,7 +27,7 @@ use crate::metrics;
 use crate::names;
 use crate::relay::{self, End, change_user::AuthState, change_user::SessionAuth};
 use crate::route::{self, Route};
-use crate::stream::{ClientStream, PacketStream};
+use crate::stream::{BackendStream, ClientStream, PacketStream};
 use crate::throttle::{self, Throttle};
 
 /// What every connection shares: settings, the control plane, the connection budgets and the
@@ -315,20 +315,59 @@ async fn relay_session<C: Control + Clone>(
             credentials: client.credentials,
         },
     };
-    let mut backend_tcp = backend.stream;
-    let (mut br, mut bw) = backend_tcp.split();
-    match client.conn.into_parts().0 {
+    let client = client.conn.into_parts().0;
+    let shutdown = &shared.shutdown;
+    // Plain sockets split without a lock (`TcpStream::split`); TLS halves share one.
+    match backend.stream {
+        BackendStream::Plain(mut tcp) => {
+            let (mut br, mut bw) = tcp.split();
+            relay_to(
+                client,
+                (&mut br, &mut bw, false),
+                activity,
+                &mut auth,
+                shutdown,
+            )
+            .await
+        }
+        tls @ BackendStream::Tls(_) => {
+            let (mut br, mut bw) = tokio::io::split(tls);
+            relay_to(
+                client,
+                (&mut br, &mut bw, true),
+                activity,
+                &mut auth,
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn relay_to<BR, BW, A>(
+    client: ClientStream,
+    (br, bw, backend_flushes): (&mut BR, &mut BW, bool),
+    activity: &Arc<ProjectActivity>,
+    auth: &mut A,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<End, ProxyError>
+where
+    BR: tokio::io::AsyncRead + Unpin,
+    BW: tokio::io::AsyncWrite + Unpin,
+    A: SessionAuth,
+{
+    match client {
         ClientStream::Plain(mut tcp) => {
             let (mut cr, mut cw) = tcp.split();
             relay::relay(
                 &mut cr,
                 &mut cw,
-                false,
-                &mut br,
-                &mut bw,
+                (false, backend_flushes),
+                br,
+                bw,
                 activity,
-                &mut auth,
-                &shared.shutdown,
+                auth,
+                shutdown,
             )
             .await
         }
@@ -337,12 +376,12 @@ async fn relay_session<C: Control + Clone>(
             relay::relay(
                 &mut cr,
                 &mut cw,
-                true,
-                &mut br,
-                &mut bw,
+                (true, backend_flushes),
+                br,
+                bw,
                 activity,
-                &mut auth,
-                &shared.shutdown,
+                auth,
+                shutdown,
             )
             .await
         }

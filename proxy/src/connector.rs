@@ -21,6 +21,7 @@ use crate::config::ProxyConfig;
 use crate::control::Control;
 use crate::error::ProxyError;
 use crate::metrics;
+use crate::tls::BackendTls;
 
 /// Connects sessions to computes with fresh logins.
 pub struct Connector {
@@ -29,6 +30,8 @@ pub struct Connector {
     login_timeout: Duration,
     /// Extra wakes after a failed connect or login (the policy above: one).
     retries: u32,
+    /// `--backend-tls require`.
+    tls: Option<BackendTls>,
 }
 
 impl Connector {
@@ -38,6 +41,7 @@ impl Connector {
             connect_timeout: cfg.connect_timeout,
             login_timeout: cfg.backend_login_timeout,
             retries: 1,
+            tls: cfg.backend_tls.clone(),
         }
     }
 
@@ -63,7 +67,8 @@ impl Connector {
                 Err(e) => return Err(ProxyError::BackendConnect(e)),
             };
             let timeout = self.login_timeout;
-            match tokio::time::timeout(timeout, backend::login(tcp, login)).await {
+            match tokio::time::timeout(timeout, backend::login(tcp, login, self.tls.as_ref())).await
+            {
                 Ok(logged_in) => {
                     let backend = logged_in?;
                     metrics::backend_login().record(started.elapsed().as_secs_f64());

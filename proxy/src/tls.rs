@@ -1,4 +1,4 @@
-//! TLS for clients (rustls, ring provider), from PEM files.
+//! TLS (rustls, ring provider) from PEM files: to clients, and to computes (`--backend-tls`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,4 +31,52 @@ pub fn server_config(
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match or are unsupported")?;
     Ok(Arc::new(config))
+}
+
+/// TLS on the backend leg: the compute's certificate must chain to the CA and name
+/// `server_name`. Computes get new IPs at every wake, so the name is a fixed one that the
+/// computes' certificate carries (`--backend-tls-name`), not the address.
+#[derive(Clone)]
+pub struct BackendTls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the backend leg's TLS from a PEM CA bundle and the name computes' certificates carry.
+pub fn backend_config(ca_path: &Path, server_name: &str) -> anyhow::Result<BackendTls> {
+    let ca_pem = std::fs::read(ca_path)
+        .with_context(|| format!("reading --backend-ca {}", ca_path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+        let cert =
+            cert.with_context(|| format!("parsing certificates in {}", ca_path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("a CA certificate in {} is unusable", ca_path.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("no CA certificate found in {}", ca_path.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .with_context(|| {
+            format!("--backend-tls-name '{server_name}' is not a DNS name or IP address")
+        })?;
+    Ok(BackendTls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
 }

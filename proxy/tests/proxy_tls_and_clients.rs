@@ -163,3 +163,94 @@ c.close()
     );
     assert_eq!(python_client(&script).await, "100 row99");
 }
+
+/// A CA and a compute certificate it signed for `doze-compute`, written into a directory the
+/// compute user can read; returns (dir, CA path, cert path, key path).
+fn compute_certificates() -> (tempfile::TempDir, std::path::PathBuf, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = doze_control::testkit::scratch_dir("doze-ca-").unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["doze-compute".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    let cert = dir.path().join("compute.pem");
+    let key = dir.path().join("compute.key");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    for f in [&cert, &key] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    (dir, ca_path, cert, key)
+}
+
+/// `--backend-tls require`: the backend leg is TLS, verified against the CA and the fixed name;
+/// a compute with another name is refused with the reason, never used in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_is_verified_and_required() {
+    let (_dir, ca, cert, key) = compute_certificates();
+    let db = backend_with(&[
+        &format!("--ssl-cert={cert}"),
+        &format!("--ssl-key={key}"),
+        // The compute takes TLS logins only: a plain backend leg would be refused.
+        "--require-secure-transport=ON",
+    ])
+    .await;
+    let routes = routes(&[("shop", &db.addr())]);
+
+    let tls = doze_proxy::tls::backend_config(&ca, "doze-compute").unwrap();
+    let cfg = ProxyConfig {
+        backend_tls: Some(tls),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start_static(&routes, cfg).await;
+    let mut conn = connect(proxy.addr, "shop.app", Some("testdb"))
+        .await
+        .unwrap();
+    let cipher: Option<String> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await
+        .unwrap()
+        .map(|(_, v): (String, String)| v);
+    assert!(
+        cipher.as_deref().is_some_and(|c| !c.is_empty()),
+        "the backend leg is TLS: {cipher:?}"
+    );
+    // A large result through both legs.
+    let big: Option<i64> = conn
+        .query_first("SELECT LENGTH(REPEAT('x', 4000000))")
+        .await
+        .unwrap();
+    assert_eq!(big, Some(4_000_000));
+    conn.disconnect().await.unwrap();
+    proxy.stop().await;
+
+    // Without --backend-tls the compute refuses the plain leg (what the flag prevents; the
+    // proxy does not tell the client more than the compute's refusal of the login).
+    let proxy = Proxy::start_static(&routes, ProxyConfig::default()).await;
+    let err = connect(proxy.addr, "shop.app", Some("testdb"))
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&err), Some(1045), "{err}");
+    proxy.stop().await;
+
+    // A certificate for another name: refused, with the reason.
+    let tls = doze_proxy::tls::backend_config(&ca, "other-compute").unwrap();
+    let cfg = ProxyConfig {
+        backend_tls: Some(tls),
+        ..ProxyConfig::default()
+    };
+    let proxy = Proxy::start_static(&routes, cfg).await;
+    let err = connect(proxy.addr, "shop.app", Some("testdb"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS handshake failed"), "{err}");
+    proxy.stop().await;
+}

@@ -33,8 +33,8 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 
 use super::{BoxFuture, ComputeDriver, ComputeSpec, RoleOp, Running};
+use crate::driver::accounts;
 use crate::driver::mariadb::{self, ServerSpec, TRAVERSE_ONLY_DIR};
-use crate::roles::{self, RESERVED_ROLE_NAMES};
 
 /// The uids (and gids) computes run as when doze is root: far above the ranges distributions
 /// give users (1000..60000), systemd's dynamic users (61184..65519) and the usual subordinate
@@ -477,16 +477,8 @@ impl LocalDriver {
     }
 
     async fn apply(&self, project_id: &str, ops: &[RoleOp]) -> anyhow::Result<()> {
-        let mut conn = self.root_conn(project_id).await?;
-        let result = tokio::time::timeout(ROOT_WORK_TIMEOUT, apply_ops(&mut conn, ops))
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "role changes took over {ROOT_WORK_TIMEOUT:?}"
-                ))
-            });
-        let _ = conn.disconnect().await;
-        result
+        let conn = self.root_conn(project_id).await?;
+        accounts::apply(conn, ops, ROOT_WORK_TIMEOUT).await
     }
 
     async fn destroy_inner(&self, project_id: &str) -> anyhow::Result<()> {
@@ -498,35 +490,6 @@ impl LocalDriver {
         let _ = std::fs::remove_dir_all(self.long_path_socket_dir(project_id));
         Ok(())
     }
-}
-
-async fn apply_ops(conn: &mut mysql_async::Conn, ops: &[RoleOp]) -> anyhow::Result<()> {
-    for op in ops {
-        match op {
-            RoleOp::Upsert(role) => {
-                for sql in roles::upsert_sql(role) {
-                    conn.query_drop(sql).await?;
-                }
-            }
-            RoleOp::Drop(name) => conn.query_drop(roles::drop_sql(name)).await?,
-            RoleOp::Sync(sync) => {
-                for name in &sync.drop {
-                    let reserved = RESERVED_ROLE_NAMES
-                        .iter()
-                        .any(|r| r.eq_ignore_ascii_case(name));
-                    if !reserved && !sync.upsert.iter().any(|w| &w.name == name) {
-                        conn.query_drop(roles::drop_sql(name)).await?;
-                    }
-                }
-                for role in &sync.upsert {
-                    for sql in roles::upsert_sql(role) {
-                        conn.query_drop(sql).await?;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 impl ComputeDriver for LocalDriver {
@@ -585,15 +548,8 @@ impl ComputeDriver for LocalDriver {
 
     fn client_sessions<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<u64>> {
         Box::pin(async move {
-            let mut conn = self.root_conn(project_id).await?;
-            let count = tokio::time::timeout(
-                ROOT_WORK_TIMEOUT,
-                conn.query_first::<u64, _>(CLIENT_SESSIONS_SQL),
-            )
-            .await
-            .context("the compute did not answer its process list in time")??;
-            let _ = conn.disconnect().await;
-            Ok(count.unwrap_or(0))
+            let conn = self.root_conn(project_id).await?;
+            accounts::client_sessions(conn, ROOT_WORK_TIMEOUT).await
         })
     }
 
@@ -646,12 +602,6 @@ fn owner_of(uid: u32) -> (nix::unistd::Uid, nix::unistd::Gid) {
         nix::unistd::Gid::from_raw(uid),
     )
 }
-
-/// Sessions of clients in the server's own process list: not this query's connection, not
-/// the server's background threads, not doze's administrative root sessions.
-const CLIENT_SESSIONS_SQL: &str = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-     WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Killed') \
-     AND USER NOT IN ('system user', 'event_scheduler', 'unauthenticated user', 'root')";
 
 /// root over the unix socket (the only place root may log in from).
 fn root_opts(socket: &Path) -> mysql_async::OptsBuilder {

@@ -7,6 +7,8 @@ use std::pin::Pin;
 
 use crate::roles::RoleDef;
 
+pub mod accounts;
+pub mod kubernetes;
 pub mod local;
 pub mod mariadb;
 pub mod options;
@@ -93,4 +95,31 @@ pub trait ComputeDriver: Send + Sync {
 
     /// Stops the compute if needed and deletes its storage for good.
     fn destroy_storage<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// A compute was created: make what it needs before its first start (the Kubernetes
+    /// driver's volume claim and credential), so that a wake only starts it. The local driver
+    /// makes its storage at the first start.
+    fn provision<'a>(&'a self, _spec: &'a ComputeSpec) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A compute was deleted (and stopped): remove what belongs to it alone. The local
+    /// driver keeps the project's data directory for the project's next compute; the
+    /// Kubernetes driver deletes the compute's volume claim and Secret, which are the
+    /// compute's objects.
+    fn compute_deleted<'a>(&'a self, _project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Signalled when the driver sees a compute vanish (a watch event), so the lifecycle looks
+    /// for lost computes at once instead of at its next check. `None`: only the periodic check.
+    fn lost_notices(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// Whether computes keep running when doze stops (pods outlive a rolling update of doze
+    /// and are adopted by the next process); otherwise doze stops them cleanly on shutdown.
+    fn computes_outlive_doze(&self) -> bool {
+        false
+    }
 }

@@ -42,9 +42,41 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_DATA_DIR", default_value = "./doze-data")]
     data_dir: PathBuf,
 
-    /// Compute driver: `local` runs mariadbd processes on this machine.
+    /// Compute driver: `local` runs mariadbd processes on this machine; `kubernetes` runs a MariaDB pod per compute, with a PersistentVolumeClaim and a Secret (see docs/kubernetes.md).
     #[arg(long, env = "DOZE_DRIVER", default_value = "local")]
     driver: String,
+
+    /// Kubernetes driver: kubeconfig file. Default: the pod's service account when doze runs in a cluster, else KUBECONFIG or ~/.kube/config, as kubectl does.
+    #[arg(long, env = "DOZE_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes driver: namespace of the computes' pods, volume claims and secrets.
+    #[arg(long, env = "DOZE_NAMESPACE", default_value = "default")]
+    namespace: String,
+
+    /// Kubernetes driver: MariaDB image of the computes (a compute's config.image wins).
+    #[arg(long, env = "DOZE_COMPUTE_IMAGE", default_value = "mariadb:11.8")]
+    compute_image: String,
+
+    /// Kubernetes driver: StorageClass of the computes' volume claims. Default: the cluster's default class.
+    #[arg(long, env = "DOZE_STORAGE_CLASS")]
+    storage_class: Option<String>,
+
+    /// Kubernetes driver: size of a compute's volume claim (a compute's config.resources.storage wins).
+    #[arg(long, env = "DOZE_STORAGE_SIZE", default_value = "10Gi")]
+    storage_size: String,
+
+    /// TLS on doze's logins to computes: `off`, or `require` (the compute's certificate must chain to --backend-ca). Use `require` when computes are across a network, as with the kubernetes driver.
+    #[arg(long, env = "DOZE_BACKEND_TLS", default_value = "off", value_parser = ["off", "require"])]
+    backend_tls: String,
+
+    /// PEM CA bundle that computes' certificates must chain to (needed by --backend-tls require).
+    #[arg(long, env = "DOZE_BACKEND_CA")]
+    backend_ca: Option<PathBuf>,
+
+    /// The name computes' certificates must carry (a DNS SAN) with --backend-tls require. Computes get a new address at every wake, so doze checks this fixed name, not the address.
+    #[arg(long, env = "DOZE_BACKEND_TLS_NAME", default_value = "doze-compute")]
+    backend_tls_name: String,
 
     /// Suspend a compute after this long without sessions or traffic (a project's config.idle_timeout, in seconds, overrides; 0 = never).
     #[arg(long, env = "DOZE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
@@ -272,6 +304,9 @@ fn proxy_config(args: &ServeArgs) -> anyhow::Result<ProxyConfig> {
         max_connections_per_project: args.max_connections_per_project,
         drain_timeout: args.drain_timeout,
         backend_proxy_protocol: args.backend_proxy_protocol,
+        backend_tls: backend_ca(args)?
+            .map(|ca| doze_proxy::tls::backend_config(&ca, &args.backend_tls_name))
+            .transpose()?,
         reuse_port: args.reuse_port,
         ..ProxyConfig::default()
     })
@@ -340,8 +375,36 @@ fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
         wake_timeout: args.wake_timeout,
         admin_token: args.admin_token.clone(),
         max_allowed_packet: args.max_allowed_packet.clone(),
+        kubernetes: doze_control::KubernetesConfig {
+            kubeconfig: args.kubeconfig.clone(),
+            namespace: args.namespace.clone(),
+            image: args.compute_image.clone(),
+            storage_class: args.storage_class.clone(),
+            storage_size: args.storage_size.clone(),
+        },
+        admin_tls: doze_control::AdminTls {
+            ca_file: backend_ca(args)?,
+            server_name: args.backend_tls_name.clone(),
+        },
         ..ControlConfig::default()
     })
+}
+
+/// The CA of computes' certificates when `--backend-tls require`, checked to be there.
+fn backend_ca(args: &ServeArgs) -> anyhow::Result<Option<PathBuf>> {
+    match (args.backend_tls.as_str(), &args.backend_ca) {
+        ("require", Some(ca)) => {
+            std::fs::metadata(ca)
+                .map_err(|e| anyhow::anyhow!("--backend-ca {}: {e}", ca.display()))?;
+            Ok(Some(ca.clone()))
+        }
+        ("require", None) => {
+            anyhow::bail!(
+                "--backend-tls require needs --backend-ca, the CA computes' certificates chain to"
+            )
+        }
+        _ => Ok(None),
+    }
 }
 
 fn init_logging() {

@@ -188,13 +188,13 @@ impl Pipe {
 
 /// Relays until either side closes, or `shutdown` is cancelled (the drain timeout of a
 /// shutdown ran out): then the client is told (ERR 1053) before the session is closed.
-/// `auth` carries what COM_CHANGE_USER needs; `client_flushes` is true when the client writer
-/// buffers (TLS).
+/// `auth` carries what COM_CHANGE_USER needs; `flushes` says which writers buffer (TLS):
+/// (client, backend).
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<CR, CW, BR, BW, A>(
     client_r: &mut CR,
     client_w: &mut CW,
-    client_flushes: bool,
+    flushes: (bool, bool),
     backend_r: &mut BR,
     backend_w: &mut BW,
     activity: &Arc<ProjectActivity>,
@@ -208,7 +208,8 @@ where
     BW: AsyncWrite + Unpin,
     A: SessionAuth,
 {
-    let mut up = Pipe::new(false);
+    let (client_flushes, backend_flushes) = flushes;
+    let mut up = Pipe::new(backend_flushes);
     let mut down = Pipe::new(client_flushes);
     let mut walker = CommandWalker::new();
     let mut intercepted = false;
