@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 
 use crate::driver::mariadb::{self, ServerSpec};
 
+pub mod kube;
+
 /// A private mariadbd, sealed as doze seals computes: root has a random password and is
 /// reachable through [`MariaDb::root`] (the unix socket) only.
 pub struct MariaDb {
