@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 
 type RespBody = BoxBody<Bytes, std::io::Error>;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<RespBody>>;
+type Answer = tokio::sync::oneshot::Sender<Response<RespBody>>;
+type Params = HashMap<String, String>;
 
 const NS: &str = "tenants";
 const PROJECT: &str = "5b0c4b7e-1111-4222-8333-944455556666";
@@ -105,10 +107,9 @@ fn percent_decode(v: &str) -> String {
 /// The fake API server's side: answers the watch itself and hands every other call to the
 /// test, in order.
 struct Verifier {
-    calls: mpsc::UnboundedReceiver<(Call, tokio::sync::oneshot::Sender<Response<RespBody>>)>,
+    calls: mpsc::UnboundedReceiver<(Call, Answer)>,
     events: mpsc::UnboundedSender<Value>,
-    watch_params:
-        tokio::sync::watch::Receiver<Option<(HashMap<String, String>, HashMap<String, String>)>>,
+    watch_params: tokio::sync::watch::Receiver<Option<(Params, Params)>>,
 }
 
 impl Verifier {
@@ -173,7 +174,7 @@ impl Verifier {
     }
 
     /// The next call the driver makes (other than the watch), with the means to answer it.
-    async fn next(&mut self) -> (Call, tokio::sync::oneshot::Sender<Response<RespBody>>) {
+    async fn next(&mut self) -> (Call, Answer) {
         tokio::time::timeout(Duration::from_secs(10), self.calls.recv())
             .await
             .expect("the driver made no further call")
