@@ -74,6 +74,62 @@ impl K8sEnv {
     }
 }
 
+/// What doze's Role (deploy/kubernetes/base/rbac.yaml) allows: (resource, verb) pairs.
+fn role_allows() -> std::collections::HashSet<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/kubernetes/base/rbac.yaml");
+    let text = std::fs::read_to_string(&path).expect("rbac.yaml");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("yaml");
+    let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
+    let mut allowed = std::collections::HashSet::new();
+    for rule in role["rules"].as_array().expect("rules") {
+        for resource in rule["resources"].as_array().expect("resources") {
+            for verb in rule["verbs"].as_array().expect("verbs") {
+                allowed.insert((
+                    resource.as_str().expect("resource").to_owned(),
+                    verb.as_str().expect("verb").to_owned(),
+                ));
+            }
+        }
+    }
+    allowed
+}
+
+/// Every request the driver made must be one doze's Role allows: the RBAC in deploy/ is the
+/// driver's, checked against what it really does.
+fn assert_rbac_allows(cluster: &FakeCluster) {
+    let allowed = role_allows();
+    for r in cluster.requests() {
+        let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+        let (resource, named) = match parts.as_slice() {
+            ["api", "v1", "namespaces", _, kind] => (kind.to_string(), false),
+            ["api", "v1", "namespaces", _, kind, _name] => (kind.to_string(), true),
+            ["api", "v1", "namespaces", _, kind, _name, sub] => (format!("{kind}/{sub}"), true),
+            _ => panic!(
+                "a request outside the namespaced core API: {} {}",
+                r.method, r.path
+            ),
+        };
+        let verb = match (r.method.as_str(), named, r.watch) {
+            ("GET", _, true) => "watch",
+            ("GET", false, false) => "list",
+            ("GET", true, false) => "get",
+            ("POST", _, _) => "create",
+            ("DELETE", _, _) => "delete",
+            ("PATCH", _, _) => "patch",
+            ("PUT", _, _) => "update",
+            (m, _, _) => panic!("unexpected method {m}"),
+        };
+        assert!(
+            allowed.contains(&(resource.clone(), verb.to_owned())),
+            "the driver made `{} {}?{}` ({verb} {resource}), which doze's Role does not allow",
+            r.method,
+            r.path,
+            r.query
+        );
+    }
+}
+
 fn pod(project: &str) -> String {
     format!("doze-{project}")
 }
@@ -167,6 +223,7 @@ async fn wake_suspend_and_wake_again_keeps_the_rows_on_the_volume() {
     })
     .await
     .expect("the PVC is deleted");
+    assert_rbac_allows(&env.cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,6 +276,19 @@ async fn a_herd_of_500_makes_one_pod_and_a_restart_adopts_it() {
         "startup is one LIST"
     );
     assert_eq!(plane.wake(&project).await.expect("wake").address, address);
+    // A role change after the restart reads the password back from the Secret.
+    plane
+        .create_role(&project, "after", "after-password-1")
+        .await
+        .expect("role after restart");
+    assert!(
+        env.api_calls()
+            .iter()
+            .any(|c| c.starts_with("GET") && c.contains("/secrets/")),
+        "{:?}",
+        env.api_calls()
+    );
+    assert_rbac_allows(&env.cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,6 +387,7 @@ async fn pull_errors_and_unschedulable_pods_fail_the_wake_with_the_reason() {
         .await
         .expect("failed pod removed");
     }
+    assert_rbac_allows(&env.cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,9 +34,9 @@ const NAMESPACE: &str = "doze";
 /// What the Kubernetes driver does with each resource, and so what the Role must grant: no
 /// more (least privilege), no less (the driver would fail in a real cluster).
 const DRIVER_VERBS: &[(&str, &str, &[&str])] = &[
-    ("", "pods", &["get", "list", "watch", "create", "delete"]),
+    ("", "pods", &["list", "watch", "create", "delete"]),
     ("", "pods/log", &["get"]),
-    ("", "persistentvolumeclaims", &["get", "create", "delete"]),
+    ("", "persistentvolumeclaims", &["create", "delete"]),
     ("", "secrets", &["get", "create", "delete"]),
 ];
 
