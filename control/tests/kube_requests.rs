@@ -195,6 +195,7 @@ fn settings() -> KubernetesConfig {
         image: "mariadb:11.8".into(),
         storage_class: Some("fast-ssd".into()),
         storage_size: "20Gi".into(),
+        tls_secret: None,
     }
 }
 

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_STORAGE_SIZE", default_value = "10Gi")]
     storage_size: String,
 
+    /// Kubernetes driver: a kubernetes.io/tls Secret (for instance cert-manager's) mounted into every compute at /etc/mysql/tls; computes then accept TLS logins only. Its certificate must name --backend-tls-name; use with --backend-tls require.
+    #[arg(long, env = "DOZE_COMPUTE_TLS_SECRET")]
+    compute_tls_secret: Option<String>,
+
     /// TLS on doze's logins to computes: `off`, or `require` (the compute's certificate must chain to --backend-ca). Use `require` when computes are across a network, as with the kubernetes driver.
     #[arg(long, env = "DOZE_BACKEND_TLS", default_value = "off", value_parser = ["off", "require"])]
     backend_tls: String,
@@ -381,6 +385,7 @@ fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
             image: args.compute_image.clone(),
             storage_class: args.storage_class.clone(),
             storage_size: args.storage_size.clone(),
+            tls_secret: args.compute_tls_secret.clone(),
         },
         admin_tls: doze_control::AdminTls {
             ca_file: backend_ca(args)?,

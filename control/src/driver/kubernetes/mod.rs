@@ -65,6 +65,9 @@ pub struct KubernetesConfig {
     pub storage_class: Option<String>,
     /// `--storage-size`.
     pub storage_size: String,
+    /// `--compute-tls-secret`: a `kubernetes.io/tls` Secret mounted into every compute, which
+    /// then takes TLS logins only.
+    pub tls_secret: Option<String>,
 }
 
 impl Default for KubernetesConfig {
@@ -75,6 +78,7 @@ impl Default for KubernetesConfig {
             image: DEFAULT_IMAGE.to_owned(),
             storage_class: None,
             storage_size: "10Gi".to_owned(),
+            tls_secret: None,
         }
     }
 }
@@ -151,6 +155,7 @@ impl KubernetesDriver {
                 max_allowed_packet,
                 // The kubelet's SIGKILL must come after a clean shutdown had its chance.
                 grace_seconds: i64::try_from(stop_timeout.as_secs()).unwrap_or(30).max(30),
+                tls_secret: settings.tls_secret.clone(),
             },
             ready_timeout,
             stop_timeout,

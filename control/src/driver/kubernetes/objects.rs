@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
     NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
     PreferredSchedulingTerm, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, TCPSocketAction, Volume, VolumeMount,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -50,7 +50,13 @@ pub struct Defaults {
     pub max_allowed_packet: String,
     /// The pod's `terminationGracePeriodSeconds`: long enough for a clean InnoDB shutdown.
     pub grace_seconds: i64,
+    /// A `kubernetes.io/tls` Secret (e.g. from cert-manager) mounted into every compute: the
+    /// server then takes TLS logins only (`--backend-tls require`).
+    pub tls_secret: Option<String>,
 }
+
+/// Where the compute's certificate and key are mounted.
+pub const TLS_DIR: &str = "/etc/mysql/tls";
 
 /// The Pod of a project's compute. One per project, so the name is the project's.
 pub fn pod_name(project_id: &str) -> String {
@@ -210,6 +216,14 @@ fn server_args(config: &serde_json::Value, defaults: &Defaults) -> anyhow::Resul
         format!("--max-connections={DEFAULT_MAX_CONNECTIONS}"),
         format!("--back-log={DEFAULT_MAX_CONNECTIONS}"),
     ];
+    if defaults.tls_secret.is_some() {
+        args.extend([
+            format!("--ssl-cert={TLS_DIR}/tls.crt"),
+            format!("--ssl-key={TLS_DIR}/tls.key"),
+            // Every login, doze's root one included, must come over TLS.
+            "--require-secure-transport=ON".to_owned(),
+        ]);
+    }
     args.extend(mariadb_options(config)?);
     Ok(args)
 }
@@ -275,6 +289,49 @@ fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
+fn volume_mounts(defaults: &Defaults) -> Vec<VolumeMount> {
+    let mut mounts = vec![
+        mount("data", "/var/lib/mysql"),
+        mount("run", "/run/mysqld"),
+        mount("tmp", "/tmp"),
+    ];
+    if defaults.tls_secret.is_some() {
+        mounts.push(VolumeMount {
+            read_only: Some(true),
+            ..mount("tls", TLS_DIR)
+        });
+    }
+    mounts
+}
+
+fn volumes(project_id: &str, defaults: &Defaults) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: "data".to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(project_id),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        empty_dir("run"),
+        empty_dir("tmp"),
+    ];
+    if let Some(secret) = &defaults.tls_secret {
+        volumes.push(Volume {
+            name: "tls".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                // Readable by the server (group `mysql` through fsGroup), by no one else.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
+}
+
 /// The compute's Pod: the image's own entrypoint initialises an empty volume with the
 /// Secret's password for root (its only account), then runs mariadbd with doze's options.
 ///
@@ -331,11 +388,7 @@ pub fn pod(
             failure_threshold: Some(3),
             ..Probe::default()
         }),
-        volume_mounts: Some(vec![
-            mount("data", "/var/lib/mysql"),
-            mount("run", "/run/mysqld"),
-            mount("tmp", "/tmp"),
-        ]),
+        volume_mounts: Some(volume_mounts(defaults)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -351,18 +404,7 @@ pub fn pod(
         metadata: meta(pod_name(project_id), project_id, compute_id),
         spec: Some(PodSpec {
             containers: vec![container],
-            volumes: Some(vec![
-                Volume {
-                    name: "data".to_owned(),
-                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: pvc_name(project_id),
-                        read_only: Some(false),
-                    }),
-                    ..Volume::default()
-                },
-                empty_dir("run"),
-                empty_dir("tmp"),
-            ]),
+            volumes: Some(volumes(project_id, defaults)),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(defaults.grace_seconds),
@@ -397,7 +439,37 @@ mod tests {
             storage_size: "10Gi".into(),
             max_allowed_packet: "64M".into(),
             grace_seconds: 60,
+            tls_secret: None,
         }
+    }
+
+    #[test]
+    fn a_tls_secret_is_mounted_and_required() {
+        let d = Defaults {
+            tls_secret: Some("compute-tls".into()),
+            ..defaults()
+        };
+        let v = serde_json::to_value(pod("p1", "c1", &json!({}), &d, None).expect("pod"))
+            .expect("json");
+        let c = &v["spec"]["containers"][0];
+        let args = c["args"].to_string();
+        assert!(
+            args.contains("--ssl-cert=/etc/mysql/tls/tls.crt")
+                && args.contains("--require-secure-transport=ON"),
+            "{args}"
+        );
+        assert_eq!(
+            c["volumeMounts"][3],
+            json!({"name": "tls", "mountPath": "/etc/mysql/tls", "readOnly": true})
+        );
+        assert_eq!(
+            v["spec"]["volumes"][3]["secret"],
+            json!({"secretName": "compute-tls", "defaultMode": 0o440})
+        );
+        let plain =
+            serde_json::to_value(pod("p1", "c1", &json!({}), &defaults(), None).expect("pod"))
+                .expect("json");
+        assert!(!plain.to_string().contains("ssl-cert"));
     }
 
     #[test]
