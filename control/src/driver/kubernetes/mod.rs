@@ -303,10 +303,17 @@ impl KubernetesDriver {
     ) -> anyhow::Result<String> {
         let mut changes = self.cache.subscribe();
         let mut seen = false;
+        let mut last_step = String::new();
         loop {
             match self.cache.get(name) {
                 Some(pod) if uid_of(&pod).ok().as_deref() == Some(uid) => {
                     seen = true;
+                    // Progress of a start that takes a while (image pull, volume attach).
+                    let step = status::step(&pod);
+                    if step != last_step {
+                        tracing::info!(pod = name, step = %step, "compute pod starting");
+                        last_step = step;
+                    }
                     match status::progress(&pod) {
                         Progress::Started { ip } => return Ok(ip),
                         Progress::Pending => {}

@@ -94,6 +94,37 @@ pub fn progress(pod: &Pod) -> Progress {
     }
 }
 
+/// Where a starting pod is, in a few words for the log: its phase, whether it is scheduled,
+/// and the container's waiting reason (`ContainerCreating`, `PodInitializing`...).
+pub fn step(pod: &Pod) -> String {
+    let Some(status) = &pod.status else {
+        return "accepted".to_owned();
+    };
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+    let scheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "PodScheduled" && c.status == "True");
+    let waiting = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER)
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.reason.as_deref());
+    match (phase, scheduled, waiting) {
+        (_, _, Some(reason)) => format!("{phase}: {reason}"),
+        ("Pending", false, None) => "Pending: scheduling".to_owned(),
+        ("Pending", true, None) => match node_of(pod) {
+            Some(node) => format!("Pending: scheduled on {node}"),
+            None => "Pending: scheduled".to_owned(),
+        },
+        (phase, _, None) => phase.to_owned(),
+    }
+}
+
 /// The node a pod runs (or was placed) on.
 pub fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
