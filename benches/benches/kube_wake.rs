@@ -141,6 +141,7 @@ async fn startup_budget(
                 updated_at: now,
                 last_error: None,
                 roles_dirty: false,
+                epoch: 0,
             })
             .await
             .unwrap();

@@ -60,6 +60,9 @@ pub struct ControlConfig {
     pub max_allowed_packet: String,
     /// SIGTERM grace before SIGKILL when stopping a compute.
     pub stop_timeout: Duration,
+    /// This replica's id (`--replica-id`): unique among the doze processes sharing one
+    /// PostgreSQL.
+    pub replica_id: String,
     /// The Kubernetes driver's settings (used with `driver: Kubernetes`).
     pub kubernetes: KubernetesConfig,
     /// How doze's own administrative logins to computes are protected (the Kubernetes
@@ -79,6 +82,7 @@ impl Default for ControlConfig {
             admin_token: None,
             max_allowed_packet: "64M".to_owned(),
             stop_timeout: Duration::from_secs(30),
+            replica_id: crate::replicas::default_replica_id(),
             kubernetes: KubernetesConfig::default(),
             admin_tls: AdminTls::default(),
         }

@@ -9,6 +9,7 @@
 
 pub mod driver;
 pub mod metrics;
+pub mod replicas;
 pub mod roles;
 pub mod store;
 #[cfg(feature = "testkit")]
@@ -45,6 +46,7 @@ use crate::driver::local::LocalDriver;
 use crate::driver::{ComputeDriver, RoleOp};
 use crate::gateway::{LookupError, RoleLookup, WakeError, WakeInfo};
 use crate::lifecycle::Lifecycle;
+use crate::replicas::Replicas;
 use crate::roles::RoleDef;
 use crate::store::{Compute, ComputeEvent, Project, Role, Store};
 
@@ -62,6 +64,32 @@ pub struct ControlPlane {
     catalog: Arc<Catalog>,
     lifecycle: Arc<Lifecycle>,
     stats: Arc<Stats>,
+    replicas: Arc<Replicas>,
+    /// The heartbeat and the change listener, stopped at shutdown.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Another replica's change, applied to this replica's caches.
+struct Invalidation {
+    catalog: Arc<Catalog>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl replicas::Invalidate for Invalidation {
+    fn changed(&self, kind: &str, project_id: &str) {
+        match kind {
+            "compute" => self.lifecycle.invalidate(project_id),
+            _ => {
+                self.catalog.changed();
+                self.lifecycle.invalidate(project_id);
+            }
+        }
+    }
+
+    fn flush(&self) {
+        self.catalog.changed();
+        self.lifecycle.invalidate_all();
+    }
 }
 
 impl ControlPlane {
@@ -117,21 +145,66 @@ impl ControlPlane {
         metrics::describe();
         let stats = Arc::new(Stats::default());
         let catalog = Arc::new(Catalog::new(store.clone(), Arc::clone(&stats)));
+        let replicas = Replicas::new(cfg.replica_id.clone(), store.clone(), Arc::clone(&activity));
         let lifecycle = Lifecycle::new(
             cfg.clone(),
-            store,
+            store.clone(),
             Arc::clone(&catalog),
             driver,
             activity,
             Arc::clone(&stats),
+            Arc::clone(&replicas),
         );
+        let mut tasks = Vec::new();
+        if store.is_shared() {
+            // Listen before reconciling, so that nothing another replica changes meanwhile is
+            // missed.
+            let target = Arc::new(Invalidation {
+                catalog: Arc::clone(&catalog),
+                lifecycle: Arc::clone(&lifecycle),
+            });
+            tasks.push(replicas::spawn_listener(
+                cfg.db_dsn.clone(),
+                target,
+                Arc::clone(&replicas),
+            ));
+        }
+        replicas.beat().await?;
+        tasks.push(replicas.spawn_heartbeat());
+        tracing::info!(replica = %replicas.id, leader = replicas.is_leader(), "replica registered");
         lifecycle.reconcile().await?;
         Ok(Arc::new(ControlPlane {
             cfg,
             catalog,
             lifecycle,
             stats,
+            replicas,
+            tasks: std::sync::Mutex::new(tasks),
         }))
+    }
+
+    /// The live replicas of this doze (one on SQLite), oldest first, with the scheduler's
+    /// leader marked.
+    pub async fn replicas(&self) -> Result<serde_json::Value, ControlError> {
+        let live = self
+            .store()
+            .live_replicas(replicas::REPLICA_TTL.as_millis() as i64)
+            .await?;
+        let leader = self.store().lease_holder("scheduler").await?;
+        let list: Vec<serde_json::Value> = live
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "started_at": time::rfc3339(r.started_at),
+                    "heartbeat_at": time::rfc3339(r.heartbeat_at),
+                    "sessions": r.sessions,
+                    "leader": if self.store().is_shared() { leader.as_deref() == Some(r.id.as_str()) } else { true },
+                    "self": r.id == self.replicas.id,
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({ "replicas": list }))
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -140,6 +213,11 @@ impl ControlPlane {
 
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
+    }
+
+    /// This replica (its id, heartbeat and leader lease).
+    pub fn replica(&self) -> &Arc<Replicas> {
+        &self.replicas
     }
 
     // ---- what the proxy asks ----
@@ -186,9 +264,20 @@ impl ControlPlane {
         self.lifecycle.find_lost().await
     }
 
-    /// Stops every running compute cleanly and marks it suspended with reason "shutdown".
+    /// Stops every running compute cleanly and marks it suspended with reason "shutdown"
+    /// (unless computes outlive doze, or other replicas serve them), then leaves the replica
+    /// set.
     pub async fn shutdown(&self) {
         self.lifecycle.shutdown().await;
+        self.replicas.leave().await;
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 
     pub fn stats(&self) -> &Stats {

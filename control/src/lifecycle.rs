@@ -27,6 +27,7 @@ use crate::driver::{ComputeSpec, RoleOp, RoleSync, Running};
 use crate::error::ControlError;
 use crate::gateway::{ColdStart, WakeError, WakeInfo};
 use crate::metrics as m;
+use crate::replicas::Replicas;
 use crate::roles::RoleDef;
 use crate::stats::Stats;
 use crate::store::{Compute, ComputeState, Store, Transition};
@@ -70,6 +71,15 @@ impl Slot {
     }
 }
 
+/// How long a start's lease lasts without renewal: a replica that dies mid-start holds its
+/// compute for at most this long before another replica takes the start over.
+pub const START_LEASE: Duration = Duration::from_secs(6);
+
+/// Whether a store error is a refused compare-and-set (another replica changed the compute).
+pub(crate) fn is_fenced(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::store::Fenced>().is_some()
+}
+
 /// A state store failure on the wake path, with its whole cause chain.
 fn store_failed(e: anyhow::Error) -> WakeError {
     WakeError::Store(format!("{e:#}"))
@@ -83,6 +93,8 @@ pub struct Lifecycle {
     pub(crate) driver: Arc<dyn ComputeDriver>,
     pub(crate) activity: Arc<Activity>,
     pub(crate) stats: Arc<Stats>,
+    /// This replica and what it knows of the others.
+    pub(crate) replicas: Arc<Replicas>,
     me: std::sync::Weak<Lifecycle>,
     /// project id -> address of its running compute.
     wake_cache: moka::sync::Cache<String, WakeInfo>,
@@ -99,6 +111,7 @@ impl Lifecycle {
         driver: Arc<dyn ComputeDriver>,
         activity: Arc<Activity>,
         stats: Arc<Stats>,
+        replicas: Arc<Replicas>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Lifecycle {
             cfg,
@@ -107,6 +120,7 @@ impl Lifecycle {
             driver,
             activity,
             stats,
+            replicas,
             me: me.clone(),
             wake_cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -127,6 +141,11 @@ impl Lifecycle {
     /// Forgets the cached address of a project: the one place an address is dropped.
     pub fn invalidate(&self, project_id: &str) {
         self.wake_cache.invalidate(project_id);
+    }
+
+    /// Forgets every cached address (another replica's notifications may have been lost).
+    pub fn invalidate_all(&self) {
+        self.wake_cache.invalidate_all();
     }
 
     pub fn activity(&self) -> &Arc<Activity> {
@@ -223,67 +242,172 @@ impl Lifecycle {
             self.stats.record_coalesced();
             return Ok(info);
         }
-        let compute = self
-            .store
-            .compute_for_project(&project_id)
-            .await
-            .map_err(store_failed)?
-            .ok_or_else(|| WakeError::NoCompute(name.clone()))?;
-        if compute.state == ComputeState::Running
-            && let Some(address) = compute.address.clone()
-            && self.driver.is_alive(&project_id)
-        {
-            let info = WakeInfo {
-                address,
-                compute_id: compute.id.clone(),
-                cold_start: ColdStart::Warm,
-            };
-            self.wake_cache.insert(project_id, info.clone());
-            return Ok(info);
-        }
-        if let Some(retry_in_secs) = slot.held_back() {
-            return Err(WakeError::RateLimited {
-                project: name,
-                retry_in_secs,
-            });
-        }
-        let compute = match compute.state {
-            ComputeState::Suspended | ComputeState::Failed => compute,
-            _ => {
-                // Recorded as up but not alive: it crashed (or was never adopted).
-                tracing::warn!(compute_id = %compute.id, state = compute.state.as_str(), "compute is gone; restarting it");
-                let _ = self.driver.stop(&project_id).await;
-                self.transition(&compute, ComputeState::Suspended, None, None, "lost")
-                    .await
-                    .map_err(store_failed)?
+        // Another replica's changes wake this loop (a start it finished, a suspend); a slow
+        // poll covers a lost notification.
+        let mut changes = self.replicas.compute_changes.subscribe();
+        let mut waited_for_other = false;
+        loop {
+            let compute = self
+                .store
+                .compute_for_project(&project_id)
+                .await
+                .map_err(store_failed)?
+                .ok_or_else(|| WakeError::NoCompute(name.clone()))?;
+            match compute.state {
+                ComputeState::Running => {
+                    if let Some(info) = self.running_info(&compute).await {
+                        if waited_for_other {
+                            self.stats.record_coalesced();
+                        }
+                        self.wake_cache.insert(project_id, info.clone());
+                        return Ok(info);
+                    }
+                    // Recorded as up but not alive: it crashed (or was never adopted).
+                    tracing::warn!(compute_id = %compute.id, "compute is gone; restarting it");
+                    let _ = self.driver.stop(&project_id).await;
+                    match self
+                        .transition(&compute, ComputeState::Suspended, None, None, "lost")
+                        .await
+                    {
+                        Ok(_) => continue,
+                        Err(e) if is_fenced(&e) => continue,
+                        Err(e) => return Err(store_failed(e)),
+                    }
+                }
+                ComputeState::Failed if waited_for_other => {
+                    // The start this wake waited for (another replica's) failed: its reason,
+                    // not a second start.
+                    return Err(WakeError::StartFailed {
+                        project: name,
+                        reason: compute
+                            .last_error
+                            .unwrap_or_else(|| "the compute failed to start".to_owned()),
+                    });
+                }
+                ComputeState::Suspended | ComputeState::Failed => {
+                    if let Some(retry_in_secs) = slot.held_back() {
+                        return Err(WakeError::RateLimited {
+                            project: name,
+                            retry_in_secs,
+                        });
+                    }
+                    let Some(starting) = self.claim_start(&compute, "won").await? else {
+                        waited_for_other = true;
+                        continue;
+                    };
+                    let result = self.start_locked(&starting, &name).await;
+                    match &result {
+                        Ok(_) => slot.succeeded(),
+                        Err(WakeError::StartFailed { .. }) => slot.failed(),
+                        Err(_) => {}
+                    }
+                    return result;
+                }
+                ComputeState::Starting
+                    if self
+                        .store
+                        .start_lease_expired(&compute.id)
+                        .await
+                        .map_err(store_failed)? =>
+                {
+                    // The replica that started it died (or hung) mid-start: take it over.
+                    // The driver adopts or stops whatever that start left behind.
+                    tracing::warn!(compute_id = %compute.id, "a start's lease ran out; taking the start over");
+                    let Some(starting) = self.claim_start(&compute, "takeover").await? else {
+                        continue;
+                    };
+                    return self.start_locked(&starting, &name).await;
+                }
+                ComputeState::Starting | ComputeState::Suspending => {
+                    // Another replica is starting or suspending it: wait for the outcome.
+                    waited_for_other = true;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
+                }
             }
-        };
-        let result = self.start_locked(&compute, &name).await;
-        match &result {
-            Ok(_) => slot.succeeded(),
-            Err(WakeError::StartFailed { .. }) => slot.failed(),
-            Err(_) => {}
         }
-        result
     }
 
-    /// Starts a stopped compute. The caller holds the project lock.
-    async fn start_locked(&self, compute: &Compute, name: &str) -> Result<WakeInfo, WakeError> {
+    /// The address of a compute recorded as running, if it answers: alive in this replica's
+    /// driver, or started by another replica (or a previous run) and adopted now.
+    async fn running_info(&self, compute: &Compute) -> Option<WakeInfo> {
+        let address = compute.address.clone()?;
+        let address = if self.driver.is_alive(&compute.project_id) {
+            address
+        } else {
+            let recorded = Running {
+                address,
+                handle: compute.handle.clone(),
+            };
+            match self.driver.adopt(&compute.project_id, Some(recorded)).await {
+                Ok(Some(run)) => run.address,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(compute_id = %compute.id, error = %format!("{e:#}"), "adopting a running compute failed");
+                    return None;
+                }
+            }
+        };
+        Some(WakeInfo {
+            address,
+            compute_id: compute.id.clone(),
+            cold_start: ColdStart::Warm,
+        })
+    }
+
+    /// Whether a compute recorded as running is alive (see [`Lifecycle::running_info`]).
+    pub(crate) async fn alive_or_adopted(&self, compute: &Compute) -> bool {
+        self.running_info(compute).await.is_some()
+    }
+
+    /// Moves a stopped compute to `starting` under this replica's lease, unless another
+    /// replica changed it first (then `None`: wait for that replica's outcome).
+    async fn claim_start(
+        &self,
+        compute: &Compute,
+        outcome: &'static str,
+    ) -> Result<Option<Compute>, WakeError> {
+        let t = Transition {
+            to: ComputeState::Starting,
+            address: None,
+            handle: None,
+            last_error: None,
+            reason: "wake",
+            lease: Some((&self.replicas.id, START_LEASE.as_millis() as i64)),
+        };
+        match self.apply_transition(compute, &t).await {
+            Ok(starting) => {
+                metrics::counter!(m::START_LEASES, "outcome" => outcome).increment(1);
+                Ok(Some(starting))
+            }
+            Err(e) if is_fenced(&e) => {
+                metrics::counter!(m::START_LEASES, "outcome" => "lost").increment(1);
+                tracing::debug!(compute_id = %compute.id, "another replica is starting this compute; waiting for it");
+                Ok(None)
+            }
+            Err(e) => Err(store_failed(e)),
+        }
+    }
+
+    /// Starts a compute this replica claimed (state `starting`, its lease). The caller holds
+    /// the project lock. The lease is renewed while the driver works.
+    async fn start_locked(&self, starting: &Compute, name: &str) -> Result<WakeInfo, WakeError> {
+        let compute = starting;
         let span = tracing::info_span!("start", project_id = %compute.project_id, project = %name, compute_id = %compute.id);
         async {
             let roles = if compute.roles_dirty {
-                Some(
-                    self.role_sync(&compute.project_id)
-                        .await
-                        .map_err(store_failed)?,
-                )
+                match self.role_sync(&compute.project_id).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let _ = self
+                            .transition_with_error(starting, ComputeState::Failed, &format!("{e:#}"), "start failed")
+                            .await;
+                        return Err(store_failed(e));
+                    }
+                }
             } else {
                 None
             };
-            let starting = self
-                .transition(compute, ComputeState::Starting, None, None, "wake")
-                .await
-                .map_err(store_failed)?;
             let spec = ComputeSpec {
                 project_id: compute.project_id.clone(),
                 compute_id: compute.id.clone(),
@@ -292,20 +416,35 @@ impl Lifecycle {
             };
             let t0 = Instant::now();
             tracing::info!("starting compute");
-            match self.driver.start(&spec).await {
+            let renew = self.keep_start_lease(starting);
+            let started = self.driver.start(&spec).await;
+            renew.abort();
+            match started {
                 Ok(Running { address, handle }) => {
                     let took = t0.elapsed();
+                    match self
+                        .transition(
+                            starting,
+                            ComputeState::Running,
+                            Some(&address),
+                            handle.as_deref(),
+                            "wake",
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_fenced(&e) => {
+                            // Another replica took the start over (this one looked dead): it
+                            // owns the compute now and adopts or stops what this start made.
+                            tracing::warn!("this start's lease was taken over; leaving the compute to that replica");
+                            return Err(WakeError::Internal(
+                                "the compute's start was taken over by another doze replica; retry".to_owned(),
+                            ));
+                        }
+                        Err(e) => return Err(store_failed(e)),
+                    }
                     self.stats.record_start(took);
                     tracing::info!(%address, ?took, "compute running");
-                    self.transition(
-                        &starting,
-                        ComputeState::Running,
-                        Some(&address),
-                        handle.as_deref(),
-                        "wake",
-                    )
-                    .await
-                    .map_err(store_failed)?;
                     if let Some(sync) = &spec.roles {
                         self.store
                             .set_roles_dirty(&compute.project_id, false)
@@ -329,14 +468,14 @@ impl Lifecycle {
                     let reason = format!("{e:#}");
                     self.stats.record_start_failure();
                     tracing::error!(%reason, "compute failed to start");
-                    self.transition_with_error(
-                        &starting,
-                        ComputeState::Failed,
-                        &reason,
-                        "start failed",
-                    )
-                    .await
-                    .map_err(store_failed)?;
+                    match self
+                        .transition_with_error(starting, ComputeState::Failed, &reason, "start failed")
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_fenced(&e) => {}
+                        Err(e) => return Err(store_failed(e)),
+                    }
                     Err(WakeError::StartFailed {
                         project: name.to_owned(),
                         reason,
@@ -346,6 +485,29 @@ impl Lifecycle {
         }
         .instrument(span)
         .await
+    }
+
+    /// Renews this replica's start lease every third of its length until aborted.
+    fn keep_start_lease(&self, starting: &Compute) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let (id, epoch, owner) = (
+            starting.id.clone(),
+            starting.epoch,
+            self.replicas.id.clone(),
+        );
+        tokio::spawn(async move {
+            let ttl = START_LEASE.as_millis() as i64;
+            loop {
+                tokio::time::sleep(START_LEASE / 3).await;
+                match store.renew_start_lease(&id, epoch, &owner, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "renewing the start lease failed")
+                    }
+                }
+            }
+        })
     }
 
     /// Stops the project's compute if it runs. With `respect_sessions`, refuses while the proxy
@@ -372,11 +534,13 @@ impl Lifecycle {
         // After this, no new wake can be handed the address without taking the lock we hold.
         self.invalidate(project_id);
         if respect_sessions {
+            // This replica's sessions, and the other replicas' as their heartbeats report them.
             let sessions = self
                 .activity
                 .get(project_id)
                 .map(|a| a.sessions())
-                .unwrap_or(0);
+                .unwrap_or(0)
+                + self.replicas.remote_activity(project_id).0;
             if sessions > 0 {
                 return Err(ControlError::SessionsOpen {
                     project: project_id.to_owned(),
@@ -424,6 +588,21 @@ impl Lifecycle {
             tracing::info!("leaving computes running: the next doze adopts them");
             return;
         }
+        if self.store.is_shared() {
+            let others = self
+                .store
+                .live_replicas(crate::replicas::REPLICA_TTL.as_millis() as i64)
+                .await
+                .map(|live| live.iter().filter(|r| r.id != self.replicas.id).count())
+                .unwrap_or(0);
+            if others > 0 {
+                tracing::info!(
+                    others,
+                    "leaving computes running: other replicas serve them"
+                );
+                return;
+            }
+        }
         let computes = match self.store.list_computes().await {
             Ok(c) => c,
             Err(e) => {
@@ -446,26 +625,66 @@ impl Lifecycle {
     /// suspended.
     pub(crate) async fn reconcile(&self) -> anyhow::Result<()> {
         for c in self.store.list_computes().await? {
+            if c.state == ComputeState::Starting && !self.store.start_lease_expired(&c.id).await? {
+                // Another replica is starting it right now.
+                continue;
+            }
             let recorded = c.address.clone().map(|address| Running {
                 address,
                 handle: c.handle.clone(),
             });
-            let found = self.driver.adopt(&c.project_id, recorded).await?;
+            // One compute that cannot be adopted must not keep doze from starting: it is
+            // recorded as suspended with the reason, and the next connection starts it.
+            let found = match self.driver.adopt(&c.project_id, recorded).await {
+                Ok(found) => found,
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    tracing::warn!(project_id = %c.project_id, compute_id = %c.id, error = %msg, "adopting a compute failed; marking it suspended");
+                    if matches!(
+                        c.state,
+                        ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+                    ) && let Err(e) = self
+                        .transition_with_error(&c, ComputeState::Suspended, &msg, "reconcile")
+                        .await
+                        && !is_fenced(&e)
+                    {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
             let span =
                 tracing::info_span!("reconcile", project_id = %c.project_id, compute_id = %c.id);
             let _e = span.enter();
             match found {
+                Some(run)
+                    if c.state == ComputeState::Running
+                        && c.address.as_deref() == Some(run.address.as_str()) =>
+                {
+                    // Already recorded as it is (another replica runs it, or nothing moved).
+                    tracing::info!(address = %run.address, "adopted a running compute");
+                    drop(_e);
+                    if c.roles_dirty {
+                        self.sync_adopted_roles(&c.project_id).await;
+                    }
+                }
                 Some(run) => {
                     tracing::info!(address = %run.address, "adopted a compute still running from a previous run");
                     drop(_e);
-                    self.transition(
-                        &c,
-                        ComputeState::Running,
-                        Some(&run.address),
-                        run.handle.as_deref(),
-                        "adopted",
-                    )
-                    .await?;
+                    match self
+                        .transition(
+                            &c,
+                            ComputeState::Running,
+                            Some(&run.address),
+                            run.handle.as_deref(),
+                            "adopted",
+                        )
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_fenced(&e) => continue,
+                        Err(e) => return Err(e),
+                    }
                     if c.roles_dirty {
                         self.sync_adopted_roles(&c.project_id).await;
                     }
@@ -477,8 +696,14 @@ impl Lifecycle {
                 {
                     tracing::info!("compute from a previous run is gone; marking it suspended");
                     drop(_e);
-                    self.transition(&c, ComputeState::Suspended, None, None, "reconcile")
-                        .await?;
+                    match self
+                        .transition(&c, ComputeState::Suspended, None, None, "reconcile")
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_fenced(&e) => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
                 None => {}
             }
@@ -515,6 +740,7 @@ impl Lifecycle {
             handle,
             last_error: clear,
             reason,
+            lease: None,
         };
         self.apply_transition(c, &t).await
     }
@@ -532,11 +758,16 @@ impl Lifecycle {
             handle: None,
             last_error: Some(Some(error)),
             reason,
+            lease: None,
         };
         self.apply_transition(c, &t).await
     }
 
-    async fn apply_transition(&self, c: &Compute, t: &Transition<'_>) -> anyhow::Result<Compute> {
+    pub(crate) async fn apply_transition(
+        &self,
+        c: &Compute,
+        t: &Transition<'_>,
+    ) -> anyhow::Result<Compute> {
         let next = self.store.transition(c, t).await?;
         tracing::debug!(compute_id = %c.id, project_id = %c.project_id, from = c.state.as_str(), to = t.to.as_str(), reason = t.reason, "compute state change");
         self.gauge_move(Some(c.state), Some(t.to));

@@ -21,6 +21,16 @@ pub const COMPUTES_LOST: &str = "doze_computes_lost_total";
 /// Counter: idle suspends skipped because clients were connected to the compute directly.
 pub const DIRECT_SESSIONS_SEEN: &str = "doze_idle_suspends_skipped_direct_sessions_total";
 
+/// Gauge: replicas whose heartbeat is fresh (this one included).
+pub const REPLICAS_LIVE: &str = "doze_replicas_live";
+/// Gauge: 1 while this replica holds the scheduler's leader lease.
+pub const SCHEDULER_LEADER: &str = "doze_scheduler_leader";
+/// Counter, label `outcome` = won | lost | takeover: start leases contended for.
+pub const START_LEASES: &str = "doze_start_leases_total";
+/// Counter, label `kind` = compute | role | project | flush: invalidations received from
+/// other replicas (`flush`: everything, after the listener reconnected).
+pub const INVALIDATIONS: &str = "doze_invalidations_received_total";
+
 /// Bucket boundaries (seconds) of every duration histogram: 0.5 ms .. 30 s.
 pub use doze_gateway::DURATION_BUCKETS;
 
@@ -55,6 +65,19 @@ pub fn describe() {
     metrics::describe_counter!(
         COMPUTES_LOST,
         "Computes recorded as running that the scheduler found dead"
+    );
+    metrics::describe_gauge!(REPLICAS_LIVE, "Replicas of doze whose heartbeat is fresh");
+    metrics::describe_gauge!(
+        SCHEDULER_LEADER,
+        "1 while this replica holds the scheduler's leader lease"
+    );
+    metrics::describe_counter!(
+        START_LEASES,
+        "Start leases contended for, by outcome (won, lost to another replica, takeover of an expired one)"
+    );
+    metrics::describe_counter!(
+        INVALIDATIONS,
+        "Cache invalidations received from other replicas, by kind"
     );
     metrics::describe_counter!(
         DIRECT_SESSIONS_SEEN,

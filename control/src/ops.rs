@@ -50,6 +50,7 @@ impl Lifecycle {
             updated_at: now,
             last_error: None,
             roles_dirty: true,
+            epoch: 0,
         };
         let slot = self.slot(&project.id);
         let _guard = slot.lock.lock().await;

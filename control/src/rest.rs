@@ -58,6 +58,7 @@ pub fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Ro
         .route("/api/v1/compute/{id}/resume", post(resume_compute))
         .route("/api/v1/compute/{id}/events", get(compute_events))
         .route("/api/v1/wake_compute", get(wake_compute))
+        .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -568,6 +569,10 @@ async fn delete_role(
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn list_replicas(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(s.plane.replicas().await?))
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {

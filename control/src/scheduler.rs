@@ -36,6 +36,9 @@ pub(crate) fn spawn(plane: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
                     if plane.shutting_down.load(Ordering::SeqCst) {
                         break;
                     }
+                    if !plane.replicas.is_leader() {
+                        continue;
+                    }
                     if let Err(e) = plane.find_lost().await {
                         tracing::warn!(error = %format!("{e:#}"), "liveness check failed");
                     }
@@ -44,6 +47,10 @@ pub(crate) fn spawn(plane: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
             }
             if plane.shutting_down.load(Ordering::SeqCst) {
                 break;
+            }
+            // One scheduler among the replicas: the holder of the leader lease.
+            if !plane.replicas.is_leader() {
+                continue;
             }
             if let Err(e) = plane.find_lost().await {
                 tracing::warn!(error = %format!("{e:#}"), "liveness check failed");
@@ -70,7 +77,7 @@ impl Lifecycle {
     pub async fn find_lost(&self) -> anyhow::Result<usize> {
         let mut lost = 0;
         for c in self.store.list_computes().await? {
-            if c.state != ComputeState::Running || self.driver.is_alive(&c.project_id) {
+            if c.state != ComputeState::Running || self.alive_or_adopted(&c).await {
                 continue;
             }
             let slot = self.slot(&c.project_id);
@@ -78,18 +85,24 @@ impl Lifecycle {
             let Some(current) = self.store.compute_for_project(&c.project_id).await? else {
                 continue;
             };
-            if current.state != ComputeState::Running || self.driver.is_alive(&c.project_id) {
+            if current.state != ComputeState::Running || self.alive_or_adopted(&current).await {
                 continue;
             }
             self.invalidate(&c.project_id);
             let _ = self.driver.stop(&c.project_id).await;
-            self.transition_with_error(
-                &current,
-                ComputeState::Suspended,
-                "the compute's server exited while it was recorded as running",
-                "lost",
-            )
-            .await?;
+            match self
+                .transition_with_error(
+                    &current,
+                    ComputeState::Suspended,
+                    "the compute's server exited while it was recorded as running",
+                    "lost",
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if crate::lifecycle::is_fenced(&e) => continue,
+                Err(e) => return Err(e),
+            }
             metrics::counter!(m::COMPUTES_LOST).increment(1);
             tracing::warn!(project_id = %c.project_id, compute_id = %c.id,
                 "compute found dead; marked suspended (the next connection starts it again)");
@@ -144,18 +157,26 @@ impl Lifecycle {
                 continue;
             }
             let activity = self.activity.get(&c.project_id);
-            if activity.as_ref().is_some_and(|a| a.sessions() > 0) {
+            // The other replicas' sessions and traffic, from their heartbeats.
+            let (remote_sessions, remote_active) = self.replicas.remote_activity(&c.project_id);
+            if remote_sessions > 0 || activity.as_ref().is_some_and(|a| a.sessions() > 0) {
                 continue;
             }
             let last_active = activity
                 .map(|a| a.last_active_ms())
                 .unwrap_or(0)
+                .max(remote_active)
                 .max(u64::try_from(c.updated_at).unwrap_or(0));
             let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
             if now.saturating_sub(last_active) < idle_ms
                 || self.has_direct_sessions(&c.project_id).await
             {
                 continue;
+            }
+            // Fenced by the leader's term: a replica that lost the lease stops here.
+            if !self.replicas.confirm_leader().await {
+                tracing::info!("no longer the scheduler's leader; stopping this pass");
+                break;
             }
             match self.suspend_project(&c.project_id, "idle", true).await {
                 Ok(_) => suspended += 1,

@@ -6,8 +6,10 @@
 //! directory created on first start, WAL journal); `postgres://...` selects PostgreSQL.
 //! Schema changes are embedded, versioned migrations recorded in `schema_migrations`.
 
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -85,7 +87,36 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "UPDATE computes SET handle = CAST(pid AS TEXT) WHERE pid IS NOT NULL",
         ],
     ),
+    (
+        5,
+        // Several replicas on one PostgreSQL: every state change of a compute is a
+        // compare-and-set on its epoch; a start holds a lease (owner, expiry on the store's
+        // clock) that another replica may take over once it expires. Replicas heartbeat;
+        // the scheduler runs under a leader lease.
+        &[
+            "ALTER TABLE computes ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE computes ADD COLUMN lease_owner TEXT",
+            "ALTER TABLE computes ADD COLUMN lease_until BIGINT",
+            "CREATE TABLE replicas (
+            id TEXT PRIMARY KEY,
+            started_at BIGINT NOT NULL,
+            heartbeat_at BIGINT NOT NULL,
+            sessions BIGINT NOT NULL,
+            activity TEXT NOT NULL
+        )",
+            "CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            term BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )",
+        ],
+    ),
 ];
+
+/// The channel on which PostgreSQL tells every replica what changed (`<kind>:<project id>`),
+/// sent in the transaction of the change.
+pub const CHANGES_CHANNEL: &str = "doze_changes";
 
 /// A compute's lifecycle state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -152,6 +183,9 @@ pub struct Compute {
     pub last_error: Option<String>,
     /// The project's roles changed while the compute could not apply them.
     pub roles_dirty: bool,
+    /// Bumped by every state change; a change is only written if the epoch is still the one
+    /// it was read with (a stale replica's write is refused).
+    pub epoch: i64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +215,28 @@ pub struct Transition<'a> {
     /// `Some` replaces last_error (use `Some(None)` to clear it), `None` keeps it.
     pub last_error: Option<Option<&'a str>>,
     pub reason: &'a str,
+    /// For `Starting`: the replica that starts it and for how long (ms) it may take before
+    /// another replica takes the start over.
+    pub lease: Option<(&'a str, i64)>,
+}
+
+/// A compute's state change was refused: another replica changed the compute first.
+#[derive(Debug, thiserror::Error)]
+#[error("compute {compute_id} was changed by another replica (epoch {epoch} is stale)")]
+pub struct Fenced {
+    pub compute_id: String,
+    pub epoch: i64,
+}
+
+/// A live replica, as its heartbeat says.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    pub sessions: i64,
+    /// project id -> [open sessions, last activity ms].
+    pub activity: serde_json::Value,
 }
 
 /// True for a unique/primary key violation (a duplicate name, a second compute).
@@ -200,6 +256,57 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    postgres: bool,
+    /// SQLite only: the lock that keeps a second process off the file.
+    _exclusive: Option<Arc<nix::fcntl::Flock<std::fs::File>>>,
+}
+
+/// The SQLite files this process holds, so that reopening one in the same process (a restart
+/// in a test, the CLI) shares the lock instead of refusing itself.
+static SQLITE_LOCKS: std::sync::Mutex<
+    Vec<(PathBuf, std::sync::Weak<nix::fcntl::Flock<std::fs::File>>)>,
+> = std::sync::Mutex::new(Vec::new());
+
+/// Takes `<db>.lock` exclusively for this process. SQLite's wake semantics (one start per
+/// herd, one scheduler) hold within one process only: a second `doze serve` on the same file
+/// is refused with a message instead of starting computes twice.
+fn lock_sqlite(db: &Path) -> anyhow::Result<Arc<nix::fcntl::Flock<std::fs::File>>> {
+    let path = PathBuf::from(format!("{}.lock", db.display()));
+    let key = std::fs::canonicalize(db.parent().unwrap_or(Path::new(".")))
+        .unwrap_or_default()
+        .join(path.file_name().unwrap_or_default());
+    let mut held = SQLITE_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    held.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(lock) = held
+        .iter()
+        .find(|(p, _)| *p == key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(lock);
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                anyhow::anyhow!(
+                    "another doze process is using the state store {} (SQLite serves one process; \
+                     stop the other one, or run several replicas on PostgreSQL)",
+                    db.display()
+                )
+            } else {
+                anyhow::anyhow!("locking {}: {errno}", path.display())
+            }
+        },
+    )?;
+    let lock = Arc::new(lock);
+    held.push((key, Arc::downgrade(&lock)));
+    Ok(lock)
 }
 
 impl Store {
@@ -207,6 +314,10 @@ impl Store {
     pub async fn open(dsn: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let (url, sqlite, memory) = normalise_dsn(dsn)?;
+        let exclusive = match (sqlite, memory) {
+            (true, false) => Some(lock_sqlite(&sqlite_path(&url))?),
+            _ => None,
+        };
         let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
         opts = if memory {
             opts.max_connections(1)
@@ -220,7 +331,11 @@ impl Store {
             .connect(&url)
             .await
             .with_context(|| format!("opening the state store {}", redact_dsn(dsn)))?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            postgres: !sqlite,
+            _exclusive: exclusive,
+        };
         // WAL is a property of the file; the busy timeout (sqlx's default, 5 s) is set on every
         // pooled connection by sqlx itself.
         if sqlite && !memory {
@@ -319,6 +434,7 @@ impl Store {
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await?;
         }
+        self.notify(&mut tx, "project", id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -368,25 +484,43 @@ impl Store {
         rows.iter().map(compute_from_row).collect()
     }
 
-    /// Records a state change and its event in one transaction.
+    /// Records a state change and its event in one transaction, if nobody changed the compute
+    /// since it was read (its epoch); otherwise fails with [`Fenced`]. Tells every replica.
     pub async fn transition(&self, c: &Compute, t: &Transition<'_>) -> anyhow::Result<Compute> {
         let now = now_ms() as i64;
         let last_error = match t.last_error {
             Some(v) => v.map(str::to_owned),
             None => c.last_error.clone(),
         };
+        let (owner, ttl) = match t.lease {
+            Some((owner, ttl)) => (Some(owner.to_owned()), Some(ttl)),
+            None => (None, None),
+        };
+        let clock = self.clock_sql();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE computes SET state = $1, address = $2, handle = $3, last_error = $4, updated_at = $5 WHERE id = $6",
-        )
+        let updated = sqlx::query(&format!(
+            "UPDATE computes SET state = $1, address = $2, handle = $3, last_error = $4, updated_at = $5,
+                 epoch = epoch + 1, lease_owner = $6, lease_until = {clock} + $7
+             WHERE id = $8 AND epoch = $9"
+        ))
         .bind(t.to.as_str())
         .bind(t.address.map(str::to_owned))
         .bind(t.handle.map(str::to_owned))
         .bind(last_error.clone())
         .bind(now)
+        .bind(owner)
+        .bind(ttl)
         .bind(&c.id)
+        .bind(c.epoch)
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() == 0 {
+            return Err(Fenced {
+                compute_id: c.id.clone(),
+                epoch: c.epoch,
+            }
+            .into());
+        }
         sqlx::query(
             "INSERT INTO compute_events (id, compute_id, project_id, from_state, to_state, reason, at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -400,6 +534,7 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        self.notify(&mut tx, "compute", &c.project_id).await?;
         tx.commit().await?;
         Ok(Compute {
             state: t.to,
@@ -407,8 +542,198 @@ impl Store {
             handle: t.handle.map(str::to_owned),
             last_error,
             updated_at: now,
+            epoch: c.epoch + 1,
             ..c.clone()
         })
+    }
+
+    /// Whether a start lease on this compute has run out (its owner died or hung), on the
+    /// store's clock.
+    pub async fn start_lease_expired(&self, compute_id: &str) -> anyhow::Result<bool> {
+        let clock = self.clock_sql();
+        let expired: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT CASE WHEN lease_until IS NULL OR lease_until < {clock} THEN 1 ELSE 0 END
+             FROM computes WHERE id = $1"
+        ))
+        .bind(compute_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(expired == Some(1))
+    }
+
+    /// Extends a start lease this replica holds (`epoch` is the start's own): a start that
+    /// takes longer than one lease keeps it, a dead owner's runs out.
+    pub async fn renew_start_lease(
+        &self,
+        compute_id: &str,
+        epoch: i64,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let clock = self.clock_sql();
+        let done = sqlx::query(&format!(
+            "UPDATE computes SET lease_until = {clock} + $1
+             WHERE id = $2 AND epoch = $3 AND lease_owner = $4 AND state = 'starting'"
+        ))
+        .bind(ttl_ms)
+        .bind(compute_id)
+        .bind(epoch)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether several processes may share this store (PostgreSQL) or only one (SQLite).
+    pub fn is_shared(&self) -> bool {
+        self.postgres
+    }
+
+    /// The store's clock in milliseconds, as SQL: leases expire on one clock for every replica.
+    fn clock_sql(&self) -> &'static str {
+        if self.postgres {
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        } else {
+            "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+        }
+    }
+
+    /// Tells every replica listening on [`CHANGES_CHANNEL`], in `tx` (delivered only if it
+    /// commits). A no-op on SQLite, which has one process.
+    async fn notify(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        kind: &str,
+        project_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        if self.postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(format!("{kind}:{project_id}"))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Tells every replica that `project_id`'s projects, roles or compute changed.
+    pub async fn announce(&self, kind: &str, project_id: &str) -> Result<(), sqlx::Error> {
+        if self.postgres {
+            let mut tx = self.pool.begin().await?;
+            self.notify(&mut tx, kind, project_id).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    // ---- replicas and leases ----
+
+    /// Records this replica's heartbeat (the store's clock) with its sessions per project.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        started_at: i64,
+        sessions: i64,
+        activity: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let clock = self.clock_sql();
+        sqlx::query(&format!(
+            "INSERT INTO replicas (id, started_at, heartbeat_at, sessions, activity)
+             VALUES ($1, $2, {clock}, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = {clock}, sessions = $3, activity = $4"
+        ))
+        .bind(id)
+        .bind(started_at)
+        .bind(sessions)
+        .bind(activity.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Replicas whose heartbeat is younger than `ttl_ms`; older ones are deleted (their
+    /// sessions died with them).
+    pub async fn live_replicas(&self, ttl_ms: i64) -> anyhow::Result<Vec<ReplicaRow>> {
+        let clock = self.clock_sql();
+        sqlx::query(&format!(
+            "DELETE FROM replicas WHERE heartbeat_at < {clock} - $1"
+        ))
+        .bind(ttl_ms)
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT id, started_at, heartbeat_at, sessions, activity FROM replicas ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReplicaRow {
+                    id: r.try_get("id")?,
+                    started_at: r.try_get("started_at")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                    sessions: r.try_get("sessions")?,
+                    activity: parse_json(&r.try_get::<String, _>("activity")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A replica leaving cleanly.
+    pub async fn remove_replica(&self, id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM replicas WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms` (the store's clock). Returns
+    /// the term when `holder` holds it: the same term on a renewal, a new one on a takeover.
+    pub async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        let clock = self.clock_sql();
+        let term: Option<i64> = sqlx::query_scalar(&format!(
+            "INSERT INTO leases (name, holder, term, expires_at) VALUES ($1, $2, 1, {clock} + $3)
+             ON CONFLICT (name) DO UPDATE SET
+                 term = CASE WHEN leases.holder = excluded.holder AND leases.expires_at >= {clock}
+                             THEN leases.term ELSE leases.term + 1 END,
+                 holder = excluded.holder,
+                 expires_at = excluded.expires_at
+             WHERE leases.holder = excluded.holder OR leases.expires_at < {clock}
+             RETURNING term"
+        ))
+        .bind(name)
+        .bind(holder)
+        .bind(ttl_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(term)
+    }
+
+    /// Who holds the lease `name` now (`None` when nobody does or it ran out).
+    pub async fn lease_holder(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let clock = self.clock_sql();
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT holder FROM leases WHERE name = $1 AND expires_at >= {clock}"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Gives the lease up (a clean shutdown), so another replica need not wait for it to expire.
+    pub async fn resign(&self, name: &str, holder: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn set_roles_dirty(&self, project_id: &str, dirty: bool) -> anyhow::Result<()> {
@@ -426,10 +751,18 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let project_id: Option<String> =
+            sqlx::query_scalar("SELECT project_id FROM computes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         sqlx::query("DELETE FROM computes WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if let Some(project_id) = project_id {
+            self.notify(&mut tx, "compute", &project_id).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -474,6 +807,7 @@ impl Store {
             .bind(&r.name)
             .execute(&mut *tx)
             .await?;
+        self.notify(&mut tx, "role", &r.project_id).await?;
         tx.commit().await
     }
 
@@ -484,13 +818,17 @@ impl Store {
         name: &str,
         hash: &str,
     ) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let done =
             sqlx::query("UPDATE roles SET stored_hash = $1 WHERE project_id = $2 AND name = $3")
                 .bind(hash)
                 .bind(project_id)
                 .bind(name)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+        // The old password must stop working on every replica, now.
+        self.notify(&mut tx, "role", project_id).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -540,6 +878,7 @@ impl Store {
         .bind(now_ms() as i64)
         .execute(&mut *tx)
         .await?;
+        self.notify(&mut tx, "role", project_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -579,7 +918,7 @@ fn event_id(now_ms: i64) -> String {
     format!("{now_ms:015}-{seq:012}-{}", &salt[..8])
 }
 
-const COMPUTE_SELECT: &str = "SELECT id, project_id, state, address, handle, config, created_at, updated_at, last_error, roles_dirty FROM computes";
+const COMPUTE_SELECT: &str = "SELECT id, project_id, state, address, handle, config, created_at, updated_at, last_error, roles_dirty, epoch FROM computes";
 
 /// A stored config. One that no longer parses is an error to report, never a silent `null`
 /// (which would start a compute without its options).
@@ -613,6 +952,7 @@ fn compute_from_row(r: &AnyRow) -> anyhow::Result<Compute> {
         updated_at: r.try_get("updated_at")?,
         last_error: r.try_get("last_error")?,
         roles_dirty: r.try_get::<i64, _>("roles_dirty")? != 0,
+        epoch: r.try_get("epoch")?,
     })
 }
 
@@ -623,6 +963,12 @@ fn role_from_row(r: &AnyRow) -> anyhow::Result<Role> {
         stored_hash: r.try_get("stored_hash")?,
         created_at: r.try_get("created_at")?,
     })
+}
+
+/// The file of a normalised `sqlite://PATH?query` URL.
+fn sqlite_path(url: &str) -> PathBuf {
+    let rest = url.trim_start_matches("sqlite://");
+    PathBuf::from(rest.split_once('?').map_or(rest, |(p, _)| p))
 }
 
 /// `(url for sqlx, is_sqlite, is_in_memory)`; creates a SQLite file's parent directory.

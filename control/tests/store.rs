@@ -47,6 +47,7 @@ async fn exercise(dsn: &str) {
         updated_at: 2_000,
         last_error: None,
         roles_dirty: true,
+        epoch: 0,
     };
     store.insert_compute(&c).await.expect("compute");
     let second = Compute {
@@ -65,6 +66,7 @@ async fn exercise(dsn: &str) {
         handle,
         last_error: None,
         reason,
+        lease: None,
     };
     let c1 = store
         .transition(&c, &t(ComputeState::Starting, None, None, "wake"))
@@ -91,10 +93,23 @@ async fn exercise(dsn: &str) {
                 handle: None,
                 last_error: Some(Some("boom")),
                 reason: "start failed",
+                lease: None,
             },
         )
         .await
         .expect("t3");
+    // A write from a stale read (another replica changed the compute since) is refused.
+    let stale = store
+        .transition(&c1, &t(ComputeState::Suspended, None, None, "stale"))
+        .await
+        .expect_err("fenced by the epoch");
+    assert!(
+        stale
+            .downcast_ref::<doze_control::store::Fenced>()
+            .is_some(),
+        "{stale:#}"
+    );
+    assert_eq!(failed.epoch, 3);
     let read = store.compute("c-1").await.expect("read").expect("exists");
     assert_eq!(read, failed);
     assert_eq!(read.last_error.as_deref(), Some("boom"));

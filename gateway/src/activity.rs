@@ -45,6 +45,15 @@ impl Activity {
         map.get(project_id).cloned()
     }
 
+    /// Every project's (id, open sessions, last activity in ms): what a replica reports in its
+    /// heartbeat, so that the scheduler of another replica sees this one's sessions.
+    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+        let map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(id, a)| (id.clone(), a.sessions(), a.last_active_ms()))
+            .collect()
+    }
+
     /// Forgets a project (after it is deleted).
     pub fn remove(&self, project_id: &str) {
         let mut map = self.projects.lock().unwrap_or_else(|p| p.into_inner());

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_DATA_DIR", default_value = "./doze-data")]
     data_dir: PathBuf,
 
+    /// This replica's id, unique among the doze processes sharing one PostgreSQL (shown by GET /api/v1/replicas and in the scheduler's lease). Default: the host name and a random suffix.
+    #[arg(long, env = "DOZE_REPLICA_ID")]
+    replica_id: Option<String>,
+
     /// Compute driver: `local` runs mariadbd processes on this machine; `kubernetes` runs a MariaDB pod per compute, with a PersistentVolumeClaim and a Secret (see docs/kubernetes.md).
     #[arg(long, env = "DOZE_DRIVER", default_value = "local")]
     driver: String,
@@ -379,6 +383,10 @@ fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
         wake_timeout: args.wake_timeout,
         admin_token: args.admin_token.clone(),
         max_allowed_packet: args.max_allowed_packet.clone(),
+        replica_id: args
+            .replica_id
+            .clone()
+            .unwrap_or_else(doze_control::replicas::default_replica_id),
         kubernetes: doze_control::KubernetesConfig {
             kubeconfig: args.kubeconfig.clone(),
             namespace: args.namespace.clone(),
@@ -397,6 +405,11 @@ fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
 
 /// The CA of computes' certificates when `--backend-tls require`, checked to be there.
 fn backend_ca(args: &ServeArgs) -> anyhow::Result<Option<PathBuf>> {
+    if args.compute_tls_secret.is_some() && args.backend_tls != "require" {
+        anyhow::bail!(
+            "--compute-tls-secret makes computes refuse logins without TLS; add --backend-tls require and --backend-ca"
+        );
+    }
     match (args.backend_tls.as_str(), &args.backend_ca) {
         ("require", Some(ca)) => {
             std::fs::metadata(ca)

@@ -48,6 +48,8 @@ const ROOT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ROOT_WORK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the greeting is probed once the container runs.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// How long a pod may stay unschedulable (no node fits it) before the wake fails.
+const UNSCHEDULABLE_GRACE: Duration = Duration::from_secs(3);
 /// Log lines of a failed container quoted in the wake error.
 const LOG_LINES: i64 = 12;
 
@@ -197,7 +199,12 @@ impl KubernetesDriver {
         if self.password(project_id).is_none() {
             let password = mariadb::new_admin_password();
             let secret = objects::secret(project_id, compute_id, &password);
-            match self.secrets.create(&PostParams::default(), &secret).await {
+            match bounded(
+                "creating the compute's Secret",
+                self.secrets.create(&PostParams::default(), &secret),
+            )
+            .await?
+            {
                 Ok(_) => self.remember_password(project_id, password),
                 Err(e) if is_status(&e, 409) => {
                     self.admin_password(project_id).await?;
@@ -206,7 +213,12 @@ impl KubernetesDriver {
             }
         }
         let pvc = objects::pvc(project_id, compute_id, &spec.config, &self.defaults)?;
-        match self.pvcs.create(&PostParams::default(), &pvc).await {
+        match bounded(
+            "creating the compute's PersistentVolumeClaim",
+            self.pvcs.create(&PostParams::default(), &pvc),
+        )
+        .await?
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(e).context("creating the compute's PersistentVolumeClaim"),
@@ -223,14 +235,38 @@ impl KubernetesDriver {
         if let Some(p) = self.password(project_id) {
             return Ok(p);
         }
-        let secret = self
-            .secrets
-            .get(&objects::secret_name(project_id))
-            .await
-            .with_context(|| format!("reading the Secret {}", objects::secret_name(project_id)))?;
+        let name = objects::secret_name(project_id);
+        let secret = bounded("reading the compute's Secret", self.secrets.get(&name))
+            .await?
+            .with_context(|| format!("reading the Secret {name}"))?;
         let password = objects::password_of(&secret)?;
         self.remember_password(project_id, password.clone());
         Ok(password)
+    }
+
+    /// A start; on failure nothing is left running (the pod is deleted, not awaited) and the
+    /// next start checks the PVC and Secret again (they may have been deleted meanwhile).
+    async fn start_or_clean(&self, spec: &ComputeSpec) -> anyhow::Result<Running> {
+        let result = self.start_inner(spec).await;
+        if result.is_err() {
+            self.provisioned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&spec.project_id);
+            let name = objects::pod_name(&spec.project_id);
+            let live = self.cache.get(&name).filter(|p| status::is_live(p));
+            // A pod whose server never ran has nothing to shut down cleanly.
+            let grace = match &live {
+                Some(pod) if status::ever_ran(pod) => None,
+                _ => Some(0),
+            };
+            if live.is_some()
+                && let Err(e) = self.delete_pod(&name, grace).await
+            {
+                tracing::warn!(pod = %name, error = %format!("{e:#}"), "removing the pod of a failed start");
+            }
+        }
+        result
     }
 
     async fn start_inner(&self, spec: &ComputeSpec) -> anyhow::Result<Running> {
@@ -264,32 +300,67 @@ impl KubernetesDriver {
         })
     }
 
-    /// Creates the pod and returns its uid. A pod of that name already there is adopted,
-    /// unless it is being deleted: then its end is awaited and the pod created anew.
+    /// Creates the pod and returns its uid. A live pod of this compute already there is
+    /// adopted; a finished one (evicted, failed) or another compute's is deleted first; a
+    /// terminating one is awaited (no new request until the watch shows it gone).
     async fn create_pod(&self, name: &str, pod: &Pod, deadline: Instant) -> anyhow::Result<String> {
+        let compute_id = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(objects::COMPUTE_LABEL))
+            .cloned();
         loop {
             let mut changes = self.cache.subscribe();
-            match self.pods.create(&PostParams::default(), pod).await {
-                Ok(created) => return uid_of(&created),
-                Err(e) if is_status(&e, 409) => {}
-                Err(e) => return Err(e).with_context(|| format!("creating the pod {name}")),
-            }
             match self.cache.get(name) {
-                Some(existing) if status::is_live(&existing) => {
-                    tracing::info!(
-                        pod = name,
-                        "a pod of this compute is already there; adopting it"
-                    );
-                    return uid_of(&existing);
-                }
-                _ => {
-                    // Terminating (or not seen yet): wait for the watch, then try again.
-                    if !PodCache::changed(&mut changes, deadline).await? {
-                        bail!(
-                            "the previous pod {name} was still being deleted when the wake timed out"
-                        );
+                None => {
+                    match bounded(
+                        "creating the compute's pod",
+                        self.pods.create(&PostParams::default(), pod),
+                    )
+                    .await?
+                    {
+                        Ok(created) => return uid_of(&created),
+                        // Not in the cache yet: the next event shows it.
+                        Err(e) if is_status(&e, 409) => {}
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("creating the pod {name}"));
+                        }
                     }
                 }
+                Some(existing) if existing.metadata.deletion_timestamp.is_some() => {}
+                Some(existing) => {
+                    let ours = existing
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(objects::COMPUTE_LABEL))
+                        == compute_id.as_ref();
+                    if ours && status::is_live(&existing) {
+                        tracing::info!(
+                            pod = name,
+                            "a pod of this compute is already there; adopting it"
+                        );
+                        return uid_of(&existing);
+                    }
+                    tracing::info!(
+                        pod = name,
+                        ours,
+                        "removing a finished or foreign pod before the start"
+                    );
+                    self.delete_pod(name, Some(0)).await?;
+                }
+            }
+            if !PodCache::changed(&mut changes, deadline).await? {
+                let node = self
+                    .cache
+                    .get(name)
+                    .and_then(|p| status::node_of(&p).map(str::to_owned))
+                    .unwrap_or_else(|| "an unknown node".to_owned());
+                bail!(
+                    "the previous pod {name} (on {node}) was still terminating when the wake timed out; \
+                     if that node is gone, remove the pod with `kubectl delete pod {name} --force --grace-period=0`"
+                );
             }
         }
     }
@@ -304,6 +375,7 @@ impl KubernetesDriver {
         let mut changes = self.cache.subscribe();
         let mut seen = false;
         let mut last_step = String::new();
+        let mut unschedulable_since: Option<Instant> = None;
         loop {
             match self.cache.get(name) {
                 Some(pod) if uid_of(&pod).ok().as_deref() == Some(uid) => {
@@ -316,7 +388,29 @@ impl KubernetesDriver {
                     }
                     match status::progress(&pod) {
                         Progress::Started { ip } => return Ok(ip),
-                        Progress::Pending => {}
+                        Progress::Pending => unschedulable_since = None,
+                        Progress::Unschedulable { message } => {
+                            // A moment for an autoscaler's node or a volume being bound; a
+                            // pod that stays unplaceable fails the wake with the reason.
+                            let since = *unschedulable_since.get_or_insert_with(Instant::now);
+                            if !status::waits_for_volume(&message)
+                                && since.elapsed() >= UNSCHEDULABLE_GRACE
+                            {
+                                return Err(self
+                                    .failed(name, "Unschedulable", &message, false)
+                                    .await);
+                            }
+                            let recheck = (since + UNSCHEDULABLE_GRACE).min(deadline);
+                            if !PodCache::changed(&mut changes, recheck).await?
+                                && recheck == deadline
+                            {
+                                bail!(
+                                    "the pod {name} could not be scheduled within {:?}: {message}",
+                                    self.ready_timeout
+                                );
+                            }
+                            continue;
+                        }
                         Progress::Terminating => bail!("the pod {name} was deleted while starting"),
                         Progress::Failed {
                             reason,
@@ -331,13 +425,18 @@ impl KubernetesDriver {
                 _ => {}
             }
             if !PodCache::changed(&mut changes, deadline).await? {
-                let phase = self
+                let step = self
                     .cache
                     .get(name)
-                    .and_then(|p| p.status.as_ref().and_then(|s| s.phase.clone()))
-                    .unwrap_or_else(|| "not seen".to_owned());
+                    .map(|p| status::step(&p))
+                    .unwrap_or_else(|| "not seen on the watch".to_owned());
+                let watch = self
+                    .cache
+                    .last_error()
+                    .map(|e| format!("; the pod watch fails: {e}"))
+                    .unwrap_or_default();
                 bail!(
-                    "the pod {name} did not start within {:?} (phase {phase})",
+                    "the pod {name} did not start within {:?} (it is at {step}){watch}",
                     self.ready_timeout
                 );
             }
@@ -383,8 +482,8 @@ impl KubernetesDriver {
         }
     }
 
-    /// The error of a start that cannot succeed, with the container's last log lines; the
-    /// pod is deleted so that the next wake starts clean.
+    /// The error of a start that cannot succeed, with the container's last log lines (the
+    /// failed start's pod is then deleted by [`KubernetesDriver::start_or_clean`]).
     async fn failed(
         &self,
         name: &str,
@@ -399,8 +498,8 @@ impl KubernetesDriver {
                 previous: reason == "CrashLoopBackOff",
                 ..LogParams::default()
             };
-            match self.pods.logs(name, &params).await {
-                Ok(text) if !text.trim().is_empty() => {
+            match bounded("reading the pod's log", self.pods.logs(name, &params)).await {
+                Ok(Ok(text)) if !text.trim().is_empty() => {
                     format!(
                         "; last log lines:\n{}",
                         mariadb::tail(&text, LOG_LINES as usize)
@@ -411,10 +510,6 @@ impl KubernetesDriver {
         } else {
             String::new()
         };
-        let grace = if has_logs { None } else { Some(0) };
-        if let Err(e) = self.delete_pod(name, grace).await {
-            tracing::warn!(pod = name, error = %e, "removing a pod that failed to start");
-        }
         anyhow::anyhow!("the compute's pod {name} cannot start: {reason}: {message}{logs}")
     }
 
@@ -423,7 +518,12 @@ impl KubernetesDriver {
             grace_period_seconds: Some(grace.unwrap_or(self.defaults.grace_seconds as u32)),
             ..DeleteParams::default()
         };
-        match self.pods.delete(name, &params).await {
+        match bounded(
+            "deleting the compute's pod",
+            self.pods.delete(name, &params),
+        )
+        .await?
+        {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("deleting the pod {name}")),
@@ -462,8 +562,11 @@ impl KubernetesDriver {
                 }));
             }
         }
-        tracing::warn!(project_id, pod = %name, "a pod from a previous run is not serving; deleting it");
-        self.stop_inner(project_id).await?;
+        if status::is_live(&pod) {
+            // Not waited for: a restart of doze must not hang on one compute's pod.
+            tracing::warn!(project_id, pod = %name, "a pod from a previous run is not serving; deleting it");
+            self.delete_pod(&name, None).await?;
+        }
         Ok(None)
     }
 
@@ -483,6 +586,9 @@ impl KubernetesDriver {
         if let Some(ca) = &self.admin_tls.ca_file {
             opts = opts.ssl_opts(Some(
                 mysql_async::SslOpts::default()
+                    // The CA given, and no public one: a public certificate for the name must
+                    // not receive doze's root login.
+                    .with_disable_built_in_roots(true)
                     .with_root_certs(vec![ca.clone().into()])
                     .with_danger_tls_hostname_override(Some(self.admin_tls.server_name.clone())),
             ));
@@ -503,7 +609,13 @@ impl KubernetesDriver {
     async fn delete_objects(&self, project_id: &str) -> anyhow::Result<()> {
         self.stop_inner(project_id).await?;
         let dp = DeleteParams::default();
-        match self.pvcs.delete(&objects::pvc_name(project_id), &dp).await {
+        let pvc = objects::pvc_name(project_id);
+        match bounded(
+            "deleting the compute's PersistentVolumeClaim",
+            self.pvcs.delete(&pvc, &dp),
+        )
+        .await?
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e).context("deleting the compute's PersistentVolumeClaim"),
@@ -540,7 +652,7 @@ impl ComputeDriver for KubernetesDriver {
     }
 
     fn start<'a>(&'a self, spec: &'a ComputeSpec) -> BoxFuture<'a, anyhow::Result<Running>> {
-        Box::pin(self.start_inner(spec))
+        Box::pin(self.start_or_clean(spec))
     }
 
     fn stop<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
@@ -593,6 +705,23 @@ impl ComputeDriver for KubernetesDriver {
     }
 }
 
+/// Bound of one API request (the watch excepted): a stalled API server or a dead pooled
+/// connection must not hold a project's lock (and with it the scheduler) for ever.
+const API_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs one API request within [`API_TIMEOUT`]; the outer error is the timeout, the inner one
+/// the API's answer (a 404 or 409 Status the caller may expect).
+async fn bounded<T>(
+    what: &str,
+    request: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> anyhow::Result<Result<T, kube::Error>> {
+    tokio::time::timeout(API_TIMEOUT, request)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the Kubernetes API did not answer {what} within {API_TIMEOUT:?}")
+        })
+}
+
 /// The handle stored with a running compute: the pod's name and uid.
 fn handle(name: &str, uid: &str) -> String {
     serde_json::json!({"pod": name, "uid": uid}).to_string()
@@ -610,7 +739,7 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == code)
 }
 
-/// A MySQL greeting (or a server's ERR packet) on `address`.
+/// A MySQL greeting, or a server's ERR packet, on `address`.
 async fn probe_greeting(address: &str) -> bool {
     let Ok(Ok(mut stream)) = tokio::time::timeout(
         Duration::from_millis(500),
@@ -623,6 +752,7 @@ async fn probe_greeting(address: &str) -> bool {
     let mut head = [0u8; 5];
     matches!(
         tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut head)).await,
-        Ok(Ok(_)) if head[4] == 0x0a
+        // A greeting, or an ERR (too many connections, host blocked): the server is up.
+        Ok(Ok(_)) if head[4] == 0x0a || head[4] == 0xff
     )
 }

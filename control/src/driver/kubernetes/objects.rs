@@ -415,6 +415,8 @@ pub fn pod(
                 run_as_user: Some(MYSQL_UID),
                 run_as_group: Some(MYSQL_UID),
                 fs_group: Some(MYSQL_UID),
+                // Not a chown of the whole volume at every wake: only when its root is wrong.
+                fs_group_change_policy: Some("OnRootMismatch".to_owned()),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".to_owned(),
                     ..SeccompProfile::default()

@@ -22,6 +22,16 @@ pub enum Progress {
     },
     /// Being deleted (doze's own suspend, `kubectl delete`, an eviction).
     Terminating,
+    /// The scheduler found no node for it, yet: a cluster autoscaler may add one, and a
+    /// volume may still be being provisioned. Fatal only when it lasts.
+    Unschedulable { message: String },
+}
+
+/// Whether an unschedulable pod waits for something that comes by itself (a volume being
+/// provisioned or bound), rather than for room on a node.
+pub fn waits_for_volume(message: &str) -> bool {
+    message.contains("unbound immediate PersistentVolumeClaims")
+        || message.contains("waiting for first consumer")
 }
 
 /// Waiting reasons of a container that mean the start will not succeed by waiting.
@@ -49,7 +59,14 @@ pub fn progress(pod: &Pod) -> Progress {
         .container_statuses
         .as_ref()
         .and_then(|all| all.iter().find(|c| c.name == CONTAINER));
-    let ran_before = container.is_some_and(|c| c.restart_count > 0 || c.last_state.is_some());
+    // The API sends `lastState: {}` for a container that never ran: only a terminated one
+    // left a log.
+    let ran_before = container.is_some_and(|c| {
+        c.restart_count > 0
+            || c.last_state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some())
+    });
     if matches!(phase, "Failed" | "Succeeded") {
         return Progress::Failed {
             reason: status.reason.clone().unwrap_or_else(|| phase.to_owned()),
@@ -66,9 +83,21 @@ pub fn progress(pod: &Pod) -> Progress {
         && let Some(reason) = waiting.reason.as_deref()
         && FATAL_WAITING.contains(&reason)
     {
+        // How the last run ended (OOMKilled, exit code 137...) says more than the back-off.
+        let ended = container
+            .and_then(|c| c.last_state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| {
+                format!(
+                    " (last run: {}, exit code {})",
+                    t.reason.as_deref().unwrap_or("terminated"),
+                    t.exit_code
+                )
+            })
+            .unwrap_or_default();
         return Progress::Failed {
             reason: reason.to_owned(),
-            message: waiting.message.clone().unwrap_or_default(),
+            message: format!("{}{ended}", waiting.message.clone().unwrap_or_default()),
             has_logs: ran_before,
         };
     }
@@ -123,6 +152,24 @@ pub fn step(pod: &Pod) -> String {
         },
         (phase, _, None) => phase.to_owned(),
     }
+}
+
+/// Whether the pod's server process ever ran (so a delete should give it its grace period).
+pub fn ever_ran(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|all| all.iter().find(|c| c.name == CONTAINER))
+        .is_some_and(|c| {
+            c.started == Some(true)
+                || c.restart_count > 0
+                || c.state
+                    .as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                || c.last_state
+                    .as_ref()
+                    .is_some_and(|s| s.terminated.is_some())
+        })
 }
 
 /// The node a pod runs (or was placed) on.

@@ -77,7 +77,15 @@ impl PodCache {
 
     fn observe(&self, event: Result<Event<Pod>, watcher::Error>) {
         match event {
-            Ok(Event::Apply(pod) | Event::InitApply(pod)) => self.remember_node(&pod),
+            Ok(Event::Apply(pod)) => {
+                self.remember_node(&pod);
+                // Evicted (phase Failed) or being deleted (`kubectl delete`, a drain): the
+                // compute is going away now, not when the pod object finally goes.
+                if !status::is_live(&pod) {
+                    self.lost.notify_one();
+                }
+            }
+            Ok(Event::InitApply(pod)) => self.remember_node(&pod),
             Ok(Event::Delete(pod)) => {
                 self.remember_node(&pod);
                 self.lost.notify_one();
@@ -92,6 +100,7 @@ impl PodCache {
                 return;
             }
         }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 

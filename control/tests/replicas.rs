@@ -1,0 +1,267 @@
+//! Several replicas of doze on one PostgreSQL, in one process: three control planes sharing a
+//! throwaway PostgreSQL and one data directory (the local driver across replicas on one
+//! machine), against real mariadbd. The binary-level cases (kill -9 of a replica, SQLite
+//! refusing a second process) are in `proxy/tests/replicas.rs`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use doze_control::activity::Activity;
+use doze_control::store::ComputeState;
+use doze_control::testkit::Postgres;
+use doze_control::{ControlConfig, ControlPlane};
+use serde_json::json;
+
+struct Cluster {
+    planes: Vec<Arc<ControlPlane>>,
+    _pg: Postgres,
+    _dir: tempfile::TempDir,
+}
+
+/// `n` replicas on one PostgreSQL and one data directory.
+async fn replicas(n: usize, tweak: impl Fn(&mut ControlConfig)) -> Cluster {
+    let pg = Postgres::start().await.expect("postgres");
+    let dir = doze_control::testkit::scratch_dir("doze-replicas-").expect("dir");
+    let mut planes = Vec::new();
+    for i in 0..n {
+        let mut cfg = config(&dir);
+        cfg.db_dsn = pg.dsn();
+        cfg.replica_id = format!("replica-{i}");
+        tweak(&mut cfg);
+        planes.push(
+            ControlPlane::start(cfg, Activity::new())
+                .await
+                .expect("replica starts"),
+        );
+    }
+    Cluster {
+        planes,
+        _pg: pg,
+        _dir: dir,
+    }
+}
+
+async fn starts(plane: &ControlPlane, compute: &str) -> usize {
+    plane
+        .compute_events(compute)
+        .await
+        .expect("events")
+        .iter()
+        .filter(|e| e.to_state == "starting")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_over_three_replicas_makes_one_start() {
+    let c = replicas(3, |_| {}).await;
+    let (project, compute) = new_project(&c.planes[0], "herd", json!({})).await;
+    c.planes[0]
+        .create_role(&project, "app", "app-password-1")
+        .await
+        .expect("role");
+    let mut wakes = Vec::new();
+    for i in 0..500 {
+        let plane = Arc::clone(&c.planes[i % 3]);
+        let project = project.clone();
+        wakes.push(tokio::spawn(async move { plane.wake(&project).await }));
+    }
+    let mut addresses = std::collections::HashSet::new();
+    for w in wakes {
+        addresses.insert(
+            w.await
+                .expect("join")
+                .expect("every wake is served")
+                .address,
+        );
+    }
+    assert_eq!(addresses.len(), 1, "{addresses:?}");
+    assert_eq!(
+        starts(&c.planes[0], &compute).await,
+        1,
+        "one start across replicas"
+    );
+    let address = addresses.into_iter().next().expect("address");
+    // Each replica can use the compute another one started.
+    for plane in &c.planes {
+        assert_eq!(
+            select_one(
+                &plane.wake(&project).await.expect("wake").address,
+                "app",
+                "app-password-1"
+            )
+            .await,
+            1
+        );
+    }
+    // A suspend through replica 1 while replica 2 has the address cached: replica 2 hears of
+    // it and wakes the compute again instead of handing out the dead address.
+    assert_eq!(
+        c.planes[2].wake(&project).await.expect("warm").address,
+        address
+    );
+    c.planes[1]
+        .suspend_compute(&compute)
+        .await
+        .expect("suspend through replica 1");
+    let info = c.planes[2]
+        .wake(&project)
+        .await
+        .expect("wake through replica 2");
+    assert_eq!(select_one(&info.address, "app", "app-password-1").await, 1);
+    assert_eq!(starts(&c.planes[0], &compute).await, 2);
+    let state = c.planes[0].compute(&compute).await.expect("compute").state;
+    assert_eq!(state, ComputeState::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_on_one_replica_is_refused_on_the_others_within_a_second() {
+    let c = replicas(2, |_| {}).await;
+    let (project, _) = new_project(&c.planes[0], "pw", json!({})).await;
+    c.planes[0]
+        .create_role(&project, "app", "old-password-1")
+        .await
+        .expect("role");
+    let before = c.planes[1]
+        .lookup_role(&project, "app")
+        .await
+        .expect("lookup");
+    assert!(before.stored_hash.is_some(), "cached on replica 1");
+    let t0 = Instant::now();
+    c.planes[0]
+        .set_role_password(&project, "app", "new-password-2")
+        .await
+        .expect("change through replica 0");
+    loop {
+        let now = c.planes[1]
+            .lookup_role(&project, "app")
+            .await
+            .expect("lookup");
+        if now.stored_hash != before.stored_hash {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "replica 1 still accepts the old password"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "password change seen by the other replica after {:?}",
+        t0.elapsed()
+    );
+    // A role deleted on one replica is gone on the other too.
+    c.planes[0]
+        .delete_role(&project, "app")
+        .await
+        .expect("delete");
+    let t0 = Instant::now();
+    while c.planes[1]
+        .lookup_role(&project, "app")
+        .await
+        .expect("lookup")
+        .stored_hash
+        .is_some()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "deleted role still known"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_and_a_session_on_another_replica_keeps_the_compute_awake() {
+    let c = replicas(2, |cfg| cfg.idle_timeout = Duration::from_secs(1)).await;
+    let (a, b) = (&c.planes[0], &c.planes[1]);
+    for p in [a, b] {
+        p.replica().beat().await.expect("beat");
+    }
+    assert!(a.replica().is_leader(), "the first replica leads");
+    assert!(!b.replica().is_leader(), "one leader only");
+    let listed = a.replicas().await.expect("replicas");
+    let list = listed["replicas"].as_array().expect("list");
+    assert_eq!(list.len(), 2, "{listed}");
+    assert_eq!(
+        list.iter().filter(|r| r["leader"] == true).count(),
+        1,
+        "{listed}"
+    );
+
+    let (project, compute) = new_project(a, "kept", json!({"idle_timeout": 1})).await;
+    b.wake(&project).await.expect("wake through b");
+    // A session through b, for longer than the idle timeout.
+    let session = b.activity().project(&project).open_session();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.replica().beat().await.expect("b reports its session");
+    a.replica().beat().await.expect("a reads it");
+    assert_eq!(b.suspend_idle().await.expect("pass"), 0);
+    assert_eq!(
+        a.suspend_idle().await.expect("pass"),
+        0,
+        "b's session keeps it awake"
+    );
+    assert_eq!(
+        a.compute(&compute).await.expect("c").state,
+        ComputeState::Running
+    );
+
+    // The session ends; after the idle timeout the leader suspends it.
+    drop(session);
+    b.replica().beat().await.expect("beat");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.replica().beat().await.expect("beat");
+    assert_eq!(a.suspend_idle().await.expect("pass"), 1);
+    assert_eq!(
+        a.compute(&compute).await.expect("c").state,
+        ComputeState::Suspended
+    );
+
+    // The leader leaves: the other replica takes the lease at its next heartbeat.
+    a.shutdown().await;
+    b.replica().beat().await.expect("beat");
+    assert!(b.replica().is_leader(), "b leads once a resigned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_owner_died_is_taken_over_after_its_lease() {
+    let c = replicas(2, |_| {}).await;
+    let (project, compute) = new_project(&c.planes[0], "orphan", json!({})).await;
+    c.planes[0]
+        .create_role(&project, "app", "app-password-1")
+        .await
+        .expect("role");
+    // A replica that claimed the start and died at once: the compute stays `starting` under a
+    // lease that nobody renews.
+    let store = c.planes[0].store();
+    let current = store
+        .compute(&compute)
+        .await
+        .expect("read")
+        .expect("compute");
+    store
+        .transition(
+            &current,
+            &doze_control::store::Transition {
+                to: ComputeState::Starting,
+                address: None,
+                handle: None,
+                last_error: None,
+                reason: "wake",
+                lease: Some(("a-dead-replica", 1500)),
+            },
+        )
+        .await
+        .expect("claim as the dead replica");
+    let t0 = Instant::now();
+    let info = c.planes[1].wake(&project).await.expect("taken over");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "waited for the lease: {took:?}"
+    );
+    assert_eq!(select_one(&info.address, "app", "app-password-1").await, 1);
+}
