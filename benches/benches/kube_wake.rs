@@ -166,15 +166,8 @@ fn uuid_like(i: usize) -> String {
 }
 
 fn main() {
-    let runs: usize = std::env::var("DOZE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(21);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runs: usize = doze_benches::env_count("DOZE_BENCH_RUNS", 21);
+    let rt = doze_benches::runtime();
     rt.block_on(async move {
         let cluster = FakeCluster::start().await.unwrap();
         let dir = doze_control::testkit::scratch_dir("doze-bench-k8s-").unwrap();

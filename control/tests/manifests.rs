@@ -453,13 +453,13 @@ fn the_deployment_runs_doze_serve_with_flags_it_has() {
     let spec = deployment.spec.expect("spec");
     assert_eq!(
         spec.replicas,
-        Some(1),
-        "doze does not coordinate replicas yet: keep 1 until multi-replica support lands"
+        Some(2),
+        "replicas on one PostgreSQL coordinate: two, so that one serves while the other restarts"
     );
     assert_eq!(
         spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
-        Some("Recreate"),
-        "a rolling update would run two doze at once"
+        Some("RollingUpdate"),
+        "one replica at a time"
     );
     let template = spec.template;
     let pod_labels = template.metadata.as_ref().and_then(|m| m.labels.clone());
@@ -660,7 +660,7 @@ fn the_deployment_runs_doze_serve_with_flags_it_has() {
     ));
     assert!(
         pdb.min_available.is_none(),
-        "with one replica, minAvailable would block every node drain"
+        "maxUnavailable, so that a drain never blocks"
     );
 
     // The computes accept 3306 from doze's pods only.

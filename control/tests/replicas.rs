@@ -1,7 +1,7 @@
 //! Several replicas of doze on one PostgreSQL, in one process: three control planes sharing a
 //! throwaway PostgreSQL and one data directory (the local driver across replicas on one
 //! machine), against real mariadbd. The binary-level cases (kill -9 of a replica, SQLite
-//! refusing a second process) are in `proxy/tests/replicas.rs`.
+//! refusing a second process) are in `proxy/tests/serve_replicas.rs`.
 
 mod common;
 
@@ -264,4 +264,66 @@ async fn a_start_whose_owner_died_is_taken_over_after_its_lease() {
         "waited for the lease: {took:?}"
     );
     assert_eq!(select_one(&info.address, "app", "app-password-1").await, 1);
+}
+
+/// Statements doze sent to PostgreSQL other than the replicas' heartbeats and leases.
+async fn statements(dsn: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(dsn).await.expect("connect");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(calls), 0)::BIGINT FROM pg_stat_statements
+         WHERE query NOT ILIKE '%replicas%' AND query NOT ILIKE '%leases%'
+           AND query NOT ILIKE '%pg_stat_statements%' AND query NOT ILIKE '%pg_notify%'
+           AND query NOT ILIKE 'LISTEN%' AND query NOT ILIKE 'BEGIN%' AND query NOT ILIKE 'COMMIT%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("count");
+    conn.close().await.ok();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_connects_send_no_query_to_postgres() {
+    let pg = Postgres::start_counting().await.expect("postgres");
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&pg.dsn())
+            .await
+            .expect("connect");
+        sqlx::query("CREATE EXTENSION pg_stat_statements")
+            .execute(&mut conn)
+            .await
+            .expect("extension");
+        conn.close().await.ok();
+    }
+    let dir = doze_control::testkit::scratch_dir("doze-warm-").expect("dir");
+    let mut cfg = config(&dir);
+    cfg.db_dsn = pg.dsn();
+    let plane = ControlPlane::start(cfg, Activity::new())
+        .await
+        .expect("start");
+    let (project, _) = new_project(&plane, "warm", json!({})).await;
+    plane
+        .create_role(&project, "app", "app-password-1")
+        .await
+        .expect("role");
+    // The first connect loads the role and starts the compute.
+    plane.lookup_role("warm", "app").await.expect("lookup");
+    plane.wake(&project).await.expect("wake");
+    let before = statements(&pg.dsn()).await;
+    // What the proxy asks for every connection: the role (by project name) and the address.
+    for _ in 0..1000 {
+        let role = plane.lookup_role("warm", "app").await.expect("lookup");
+        assert!(role.stored_hash.is_some());
+        plane.wake(&role.project_id).await.expect("warm wake");
+    }
+    let after = statements(&pg.dsn()).await;
+    // The counting query itself is excluded; nothing else may have run.
+    assert_eq!(
+        after - before,
+        0,
+        "1000 warm connects sent {} statements",
+        after - before
+    );
 }

@@ -9,7 +9,9 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 /// Flags shared by every scenario.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// MySQL endpoint under test (doze's proxy, HAProxy or a mariadbd), host:port.
+    /// MySQL endpoint under test (doze's proxy, HAProxy or a mariadbd), host:port. The herd and
+    /// churn scenarios take several, comma-separated (replicas of doze), and spread their
+    /// clients over them: client i uses the (i mod n)-th.
     #[arg(long, default_value = "127.0.0.1:6033", global = true)]
     pub target: String,
     /// User name. Through doze this is `<project>.<role>`.
@@ -57,6 +59,30 @@ pub struct Common {
 /// doze's own duration syntax (`250ms`, `8s`, `5m`, a bare number of seconds).
 pub fn parse_duration(s: &str) -> Result<Duration> {
     doze_proxy::config::parse_duration(s).map_err(anyhow::Error::msg)
+}
+
+impl Common {
+    /// The endpoints of `--target`.
+    pub fn targets(&self) -> Vec<&str> {
+        self.target
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// Connection options for every endpoint of `--target`, in order.
+    pub fn all_opts(&self) -> Result<Vec<Opts>> {
+        let all: Vec<Opts> = self
+            .targets()
+            .into_iter()
+            .map(|t| opts(self, t, &self.user, &self.password))
+            .collect::<Result<_>>()?;
+        if all.is_empty() {
+            bail!("--target names no endpoint");
+        }
+        Ok(all)
+    }
 }
 
 pub fn split_hostport(target: &str) -> Result<(String, u16)> {

@@ -277,7 +277,14 @@ impl LocalDriver {
     async fn start_inner(&self, spec: &ComputeSpec) -> anyhow::Result<Running> {
         let project_id = spec.project_id.as_str();
         if self.is_alive(project_id) {
-            bail!("the compute of project {project_id} is already running");
+            // The store says stopped (the lifecycle starts only what it recorded as stopped),
+            // yet a server of ours runs: left over from a suspend another replica did with
+            // an older view. Never two servers on one datadir: stop it first.
+            tracing::warn!(
+                project_id,
+                "a server of this compute still runs; stopping it before the start"
+            );
+            self.stop_inner(project_id).await?;
         }
         self.instances().remove(project_id);
         // Never two servers on one datadir: stop anything a previous run left behind, before
@@ -345,7 +352,7 @@ impl LocalDriver {
 
     async fn stop_inner(&self, project_id: &str) -> anyhow::Result<()> {
         let instance = self.instances().remove(project_id);
-        match instance {
+        let stopped = match instance {
             Some(Instance {
                 child: Some(mut child),
                 ..
@@ -356,13 +363,14 @@ impl LocalDriver {
                 stop_pid(pid, self.stop_timeout).await;
                 Ok(())
             }
-            None => {
-                if let Some(pid) = self.find_leftover(project_id, None) {
-                    stop_pid(pid, self.stop_timeout).await;
-                }
-                Ok(())
-            }
+            None => Ok(()),
+        };
+        // Whatever else serves the datadir (a server another replica started since this one
+        // last knew it, one left by a previous run) stops too: stopped means stopped.
+        if let Some(pid) = self.find_leftover(project_id, None) {
+            stop_pid(pid, self.stop_timeout).await;
         }
+        stopped
     }
 
     /// A live mariadbd serving this project's datadir: the recorded pid or the pid file's.

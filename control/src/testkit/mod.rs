@@ -139,6 +139,16 @@ pub struct Postgres {
 impl Postgres {
     /// initdb into a temp dir and start `postgres` on a free port.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`Postgres::start`], with `pg_stat_statements` loaded (`CREATE EXTENSION` it), so
+    /// that a test can count the statements doze sends.
+    pub async fn start_counting() -> anyhow::Result<Self> {
+        Self::start_with(&["-c", "shared_preload_libraries=pg_stat_statements"]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
         let bin = postgres_bin_dir()?;
         let dir = tempfile::Builder::new().prefix("doze-pg-").tempdir()?;
         let data = dir.path().join("data");
@@ -171,6 +181,7 @@ impl Postgres {
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(dir.path())
             .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

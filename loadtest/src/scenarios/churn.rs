@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::{Map, json};
 use tokio::task::JoinSet;
 
-use crate::common::{Common, opts, parse_duration};
+use crate::common::{Common, parse_duration};
 use crate::stats::{Progress, Shared, finish, new_hist, record};
 
 use super::*;
@@ -21,7 +21,7 @@ pub struct ChurnArgs {
 }
 
 pub async fn churn(c: &Common, a: &ChurnArgs) -> Result<()> {
-    let o = opts(c, &c.target, &c.user, &c.password)?;
+    let targets = c.all_opts()?;
     let shared = Shared::new();
     eprintln!(
         "churn: {} workers on {}, running {:?}",
@@ -31,9 +31,9 @@ pub async fn churn(c: &Common, a: &ChurnArgs) -> Result<()> {
     let t0 = Instant::now();
     let deadline = t0 + a.duration;
     let mut set = JoinSet::new();
-    for _ in 0..a.workers {
+    for i in 0..a.workers {
         let shared = shared.clone();
-        let o = o.clone();
+        let o = targets[i % targets.len()].clone();
         let timeout = c.connect_timeout;
         set.spawn(async move {
             let mut h = new_hist();

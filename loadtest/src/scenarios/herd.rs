@@ -9,7 +9,7 @@ use serde_json::{Map, json};
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
-use crate::common::{Common, opts};
+use crate::common::Common;
 use crate::stats::{Progress, Shared, finish, new_hist, record};
 
 use super::*;
@@ -25,7 +25,7 @@ pub struct HerdArgs {
 
 pub async fn herd(c: &Common, a: &HerdArgs) -> Result<()> {
     crate::common::raise_nofile(a.clients as u64 * 2 + 256);
-    let o = opts(c, &c.target, &c.user, &c.password)?;
+    let targets = c.all_opts()?;
     let admin = Admin::from_common(c);
     let mut suspended = false;
     if let Some(admin) = &admin
@@ -57,8 +57,8 @@ pub async fn herd(c: &Common, a: &HerdArgs) -> Result<()> {
     let progress = Progress::start("herd", shared.clone(), c.doze_pid);
     eprintln!("herd: {} clients on {}", a.clients, c.target);
     let t_all = Instant::now();
-    for _ in 0..a.clients {
-        let o = o.clone();
+    for i in 0..a.clients {
+        let o = targets[i % targets.len()].clone();
         let shared = shared.clone();
         let barrier = barrier.clone();
         let timeout = c.connect_timeout;
