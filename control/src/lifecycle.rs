@@ -75,6 +75,11 @@ impl Slot {
 /// compute for at most this long before another replica takes the start over.
 pub const START_LEASE: Duration = Duration::from_secs(6);
 
+/// With several replicas: how long a suspend waits, once it has announced itself, for
+/// connections the other replicas had already handed the address to (the invalidation's
+/// p99 is under 30 ms here).
+const SUSPEND_SETTLE: Duration = Duration::from_millis(150);
+
 /// Whether a store error is a refused compare-and-set (another replica changed the compute).
 pub(crate) fn is_fenced(e: &anyhow::Error) -> bool {
     e.downcast_ref::<crate::store::Fenced>().is_some()
@@ -562,6 +567,9 @@ impl Lifecycle {
             let suspending = self
                 .transition(&compute, ComputeState::Suspending, None, None, reason)
                 .await?;
+            if respect_sessions && self.store.is_shared() {
+                self.recheck_sessions(&compute, &suspending, reason).await?;
+            }
             let stopped = self.driver.stop(project_id).await;
             let done = match &stopped {
                 Ok(()) => {
@@ -581,6 +589,42 @@ impl Lifecycle {
         }
         .instrument(span)
         .await
+    }
+
+    /// With several replicas, the last word on sessions before a suspend stops the server.
+    /// The `suspending` state is announced (the other replicas drop the address and hold
+    /// their new clients), then, after a moment for connections those replicas had already
+    /// handed the address to, the server's own session count decides: a session through any
+    /// replica puts the compute back to running and refuses the suspend.
+    async fn recheck_sessions(
+        &self,
+        running: &Compute,
+        suspending: &Compute,
+        reason: &str,
+    ) -> Result<(), ControlError> {
+        tokio::time::sleep(SUSPEND_SETTLE).await;
+        let sessions = match self.driver.client_sessions(&running.project_id).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot count the compute's sessions before suspending; suspending");
+                0
+            }
+        };
+        if sessions == 0 {
+            return Ok(());
+        }
+        self.transition(
+            suspending,
+            ComputeState::Running,
+            running.address.as_deref(),
+            running.handle.as_deref(),
+            reason,
+        )
+        .await?;
+        Err(ControlError::SessionsOpen {
+            project: running.project_id.clone(),
+            sessions,
+        })
     }
 
     pub(crate) async fn shutdown_inner(&self) {

@@ -154,6 +154,9 @@ impl Replicas {
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote;
         if self.store.is_shared() && !self.stopping.load(Ordering::SeqCst) {
             self.lead().await?;
+        } else if !self.store.is_shared() {
+            // Alone on SQLite: the scheduler is always this replica's.
+            metrics::gauge!(m::SCHEDULER_LEADER).set(1.0);
         }
         Ok(live)
     }
