@@ -339,8 +339,9 @@ async fn warm_connects_send_no_query_to_postgres() {
     assert_eq!(
         after - before,
         0,
-        "1000 warm connects sent {} statements",
-        after - before
+        "1000 warm connects sent {} statements: {:?}",
+        after - before,
+        statement_texts(&pg.dsn()).await
     );
 }
 
