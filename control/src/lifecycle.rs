@@ -75,6 +75,20 @@ impl Slot {
 /// compute for at most this long before another replica takes the start over.
 pub const START_LEASE: Duration = Duration::from_secs(6);
 
+/// A lease renewed in the background; `lost` fires when it could not be kept.
+struct LeaseKeeper {
+    task: tokio::task::JoinHandle<()>,
+    lost: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// What a check of a compute recorded as running found.
+pub(crate) enum Liveness {
+    Alive(WakeInfo),
+    Gone,
+    /// The driver could not tell; the reason.
+    Unknown(String),
+}
+
 /// With several replicas: how long a suspend waits, once it has announced itself, for
 /// connections the other replicas had already handed the address to (the invalidation's
 /// p99 is under 30 ms here).
@@ -251,6 +265,9 @@ impl Lifecycle {
         // poll covers a lost notification.
         let mut changes = self.replicas.compute_changes.subscribe();
         let mut waited_for_other = false;
+        // The caller stops waiting after the wake timeout; so does this task (it holds the
+        // project's lock), however long another replica's start or suspend takes.
+        let deadline = Instant::now() + self.cfg.wake_timeout;
         loop {
             let compute = self
                 .store
@@ -258,27 +275,48 @@ impl Lifecycle {
                 .await
                 .map_err(store_failed)?
                 .ok_or_else(|| WakeError::NoCompute(name.clone()))?;
+            if Instant::now() >= deadline {
+                return Err(WakeError::Timeout {
+                    project: name,
+                    timeout_secs: self.cfg.wake_timeout.as_secs().max(1),
+                });
+            }
             match compute.state {
-                ComputeState::Running => {
-                    if let Some(info) = self.running_info(&compute).await {
+                ComputeState::Running => match self.running_info(&compute).await {
+                    Liveness::Alive(info) => {
+                        // With several replicas, hand out the address only if nobody began to
+                        // suspend it while this replica was checking (an adoption may take
+                        // a while).
+                        if self.store.is_shared() {
+                            let now = self
+                                .store
+                                .compute_for_project(&project_id)
+                                .await
+                                .map_err(store_failed)?;
+                            if now.as_ref().map(|c| c.epoch) != Some(compute.epoch) {
+                                continue;
+                            }
+                        }
                         if waited_for_other {
                             self.stats.record_coalesced();
                         }
                         self.wake_cache.insert(project_id, info.clone());
                         return Ok(info);
                     }
-                    // Recorded as up but not alive: it crashed (or was never adopted).
-                    tracing::warn!(compute_id = %compute.id, "compute is gone; restarting it");
-                    let _ = self.driver.stop(&project_id).await;
-                    match self
-                        .transition(&compute, ComputeState::Suspended, None, None, "lost")
-                        .await
-                    {
-                        Ok(_) => continue,
-                        Err(e) if is_fenced(&e) => continue,
-                        Err(e) => return Err(store_failed(e)),
+                    Liveness::Unknown(why) => {
+                        return Err(WakeError::Internal(format!(
+                            "the compute of project '{name}' does not answer: {why}"
+                        )));
                     }
-                }
+                    Liveness::Gone => {
+                        // Recorded as up but not alive: it crashed (or was never adopted).
+                        tracing::warn!(compute_id = %compute.id, "compute is gone; restarting it");
+                        self.record_lost(&compute, "the compute's server was gone at a wake")
+                            .await
+                            .map_err(store_failed)?;
+                        continue;
+                    }
+                },
                 ComputeState::Failed if waited_for_other => {
                     // The start this wake waited for (another replica's) failed: its reason,
                     // not a second start.
@@ -309,11 +347,12 @@ impl Lifecycle {
                     return result;
                 }
                 ComputeState::Starting
-                    if self
-                        .store
-                        .start_lease_expired(&compute.id)
-                        .await
-                        .map_err(store_failed)? =>
+                    if !self.store.is_shared()
+                        || self
+                            .store
+                            .start_lease_expired(&compute.id)
+                            .await
+                            .map_err(store_failed)? =>
                 {
                     // The replica that started it died (or hung) mid-start: take it over.
                     // The driver adopts or stops whatever that start left behind.
@@ -322,6 +361,22 @@ impl Lifecycle {
                         continue;
                     };
                     return self.start_locked(&starting, &name).await;
+                }
+                ComputeState::Suspending
+                    if !self.store.is_shared()
+                        || self
+                            .store
+                            .start_lease_expired(&compute.id)
+                            .await
+                            .map_err(store_failed)? =>
+                {
+                    // A suspend that died half-way (this process holds the project's lock, so
+                    // on SQLite nobody else is suspending it; with replicas, its lease ran
+                    // out): finish it, then start.
+                    tracing::warn!(compute_id = %compute.id, "finishing a suspend that was left half-way");
+                    self.record_lost(&compute, "a suspend was left half-way")
+                        .await
+                        .map_err(store_failed)?;
                 }
                 ComputeState::Starting | ComputeState::Suspending => {
                     // Another replica is starting or suspending it: wait for the outcome.
@@ -333,36 +388,78 @@ impl Lifecycle {
         }
     }
 
-    /// The address of a compute recorded as running, if it answers: alive in this replica's
-    /// driver, or started by another replica (or a previous run) and adopted now.
-    async fn running_info(&self, compute: &Compute) -> Option<WakeInfo> {
-        let address = compute.address.clone()?;
-        let address = if self.driver.is_alive(&compute.project_id) {
-            address
-        } else {
-            let recorded = Running {
-                address,
-                handle: compute.handle.clone(),
-            };
-            match self.driver.adopt(&compute.project_id, Some(recorded)).await {
-                Ok(Some(run)) => run.address,
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!(compute_id = %compute.id, error = %format!("{e:#}"), "adopting a running compute failed");
-                    return None;
-                }
-            }
+    /// Whether a compute recorded as running answers: alive in this replica's driver, or
+    /// started by another replica (or a previous run) and adopted now. `Unknown` when the
+    /// driver cannot tell (a server that does not answer in time, an API error): never a
+    /// reason to stop it.
+    pub(crate) async fn running_info(&self, compute: &Compute) -> Liveness {
+        let Some(address) = compute.address.clone() else {
+            return Liveness::Gone;
         };
-        Some(WakeInfo {
+        if self.driver.is_alive(&compute.project_id) {
+            return Liveness::Alive(WakeInfo {
+                address,
+                compute_id: compute.id.clone(),
+                cold_start: ColdStart::Warm,
+            });
+        }
+        let recorded = Running {
             address,
-            compute_id: compute.id.clone(),
-            cold_start: ColdStart::Warm,
-        })
+            handle: compute.handle.clone(),
+        };
+        match self.driver.adopt(&compute.project_id, Some(recorded)).await {
+            Ok(Some(run)) => Liveness::Alive(WakeInfo {
+                address: run.address,
+                compute_id: compute.id.clone(),
+                cold_start: ColdStart::Warm,
+            }),
+            Ok(None) => Liveness::Gone,
+            Err(e) => Liveness::Unknown(format!("{e:#}")),
+        }
     }
 
-    /// Whether a compute recorded as running is alive (see [`Lifecycle::running_info`]).
-    pub(crate) async fn alive_or_adopted(&self, compute: &Compute) -> bool {
-        self.running_info(compute).await.is_some()
+    /// Whether a compute recorded as running is certainly gone (see
+    /// [`Lifecycle::running_info`]); `false` when alive or unknown.
+    pub(crate) async fn is_gone(&self, compute: &Compute) -> bool {
+        matches!(self.running_info(compute).await, Liveness::Gone)
+    }
+
+    /// Records a compute recorded as running, but gone, as suspended: first the
+    /// compare-and-set to `suspending` (so a replica that started it again meanwhile is never
+    /// stopped), then the stop of whatever is left, then `suspended`. `Ok(false)` when another
+    /// replica changed the compute first.
+    pub(crate) async fn record_lost(&self, compute: &Compute, why: &str) -> anyhow::Result<bool> {
+        let suspending = match self
+            .apply_transition(compute, &self.suspending_lease("lost"))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_fenced(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.invalidate(&compute.project_id);
+        let _ = self.driver.stop(&compute.project_id).await;
+        match self
+            .transition_with_error(&suspending, ComputeState::Suspended, why, "lost")
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_fenced(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The transition to `suspending` under this replica's lease, so that a replica that dies
+    /// mid-suspend leaves a state the others can recover.
+    fn suspending_lease<'a>(&'a self, reason: &'a str) -> Transition<'a> {
+        Transition {
+            to: ComputeState::Suspending,
+            address: None,
+            handle: None,
+            last_error: None,
+            reason,
+            lease: Some((&self.replicas.id, START_LEASE.as_millis() as i64)),
+        }
     }
 
     /// Moves a stopped compute to `starting` under this replica's lease, unless another
@@ -421,9 +518,20 @@ impl Lifecycle {
             };
             let t0 = Instant::now();
             tracing::info!("starting compute");
-            let renew = self.keep_start_lease(starting);
-            let started = self.driver.start(&spec).await;
-            renew.abort();
+            let mut renew = self.keep_lease(starting);
+            // A start that lost its lease (another replica takes the compute over) stops at
+            // once: never two starts on one compute's storage.
+            let started = tokio::select! {
+                started = self.driver.start(&spec) => started,
+                _ = &mut renew.lost => {
+                    tracing::warn!("lost the start's lease; abandoning this start");
+                    let _ = self.driver.stop(&compute.project_id).await;
+                    return Err(WakeError::Internal(
+                        "the compute's start lost its lease to another doze replica; retry".to_owned(),
+                    ));
+                }
+            };
+            renew.task.abort();
             match started {
                 Ok(Running { address, handle }) => {
                     let took = t0.elapsed();
@@ -439,9 +547,22 @@ impl Lifecycle {
                     {
                         Ok(_) => {}
                         Err(e) if is_fenced(&e) => {
-                            // Another replica took the start over (this one looked dead): it
-                            // owns the compute now and adopts or stops what this start made.
-                            tracing::warn!("this start's lease was taken over; leaving the compute to that replica");
+                            // Another replica took the start over (it adopts or stops what this
+                            // start made), or the compute was suspended or deleted meanwhile:
+                            // then this start's server belongs to nobody and is stopped.
+                            let now = self
+                                .store
+                                .compute_for_project(&compute.project_id)
+                                .await
+                                .ok()
+                                .flatten();
+                            if !matches!(
+                                now.map(|c| c.state),
+                                Some(ComputeState::Starting | ComputeState::Running)
+                            ) {
+                                let _ = self.driver.stop(&compute.project_id).await;
+                            }
+                            tracing::warn!("this start was overtaken by another replica's change");
                             return Err(WakeError::Internal(
                                 "the compute's start was taken over by another doze replica; retry".to_owned(),
                             ));
@@ -492,27 +613,37 @@ impl Lifecycle {
         .await
     }
 
-    /// Renews this replica's start lease every third of its length until aborted.
-    fn keep_start_lease(&self, starting: &Compute) -> tokio::task::JoinHandle<()> {
+    /// Renews this replica's lease on a starting or suspending compute every third of its
+    /// length until aborted.
+    fn keep_lease(&self, starting: &Compute) -> LeaseKeeper {
         let store = self.store.clone();
         let (id, epoch, owner) = (
             starting.id.clone(),
             starting.epoch,
             self.replicas.id.clone(),
         );
-        tokio::spawn(async move {
+        let (lost_tx, lost) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
             let ttl = START_LEASE.as_millis() as i64;
+            let mut renewed = Instant::now();
             loop {
                 tokio::time::sleep(START_LEASE / 3).await;
                 match store.renew_start_lease(&id, epoch, &owner, ttl).await {
-                    Ok(true) => {}
+                    Ok(true) => renewed = Instant::now(),
                     Ok(false) => break,
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "renewing the start lease failed")
+                        tracing::warn!(error = %format!("{e:#}"), "renewing the lease failed");
+                        // Not renewed for nearly a whole lease: another replica may take the
+                        // compute over any moment now.
+                        if renewed.elapsed() >= START_LEASE - START_LEASE / 4 {
+                            break;
+                        }
                     }
                 }
             }
-        })
+            let _ = lost_tx.send(());
+        });
+        LeaseKeeper { task, lost }
     }
 
     /// Stops the project's compute if it runs. With `respect_sessions`, refuses while the proxy
@@ -562,15 +693,35 @@ impl Lifecycle {
         ) {
             return Ok(Some(compute));
         }
+        if self.store.is_shared()
+            && matches!(
+                compute.state,
+                ComputeState::Starting | ComputeState::Suspending
+            )
+            && !self.store.start_lease_expired(&compute.id).await?
+        {
+            // Another replica is starting or suspending it right now: never take a start
+            // from under it (its server would run unrecorded).
+            return Err(ControlError::Conflict(format!(
+                "the compute of project {project_id} is being {} by another doze replica; retry in a moment",
+                if compute.state == ComputeState::Starting {
+                    "started"
+                } else {
+                    "suspended"
+                }
+            )));
+        }
         let span = tracing::info_span!("suspend", project_id = %project_id, compute_id = %compute.id, reason);
         async {
             let suspending = self
-                .transition(&compute, ComputeState::Suspending, None, None, reason)
+                .apply_transition(&compute, &self.suspending_lease(reason))
                 .await?;
             if respect_sessions && self.store.is_shared() {
                 self.recheck_sessions(&compute, &suspending, reason).await?;
             }
+            let renew = self.keep_lease(&suspending);
             let stopped = self.driver.stop(project_id).await;
+            renew.task.abort();
             let done = match &stopped {
                 Ok(()) => {
                     self.transition(&suspending, ComputeState::Suspended, None, None, reason)
@@ -603,12 +754,16 @@ impl Lifecycle {
         reason: &str,
     ) -> Result<(), ControlError> {
         tokio::time::sleep(SUSPEND_SETTLE).await;
-        let sessions = match self.driver.client_sessions(&running.project_id).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot count the compute's sessions before suspending; suspending");
-                0
-            }
+        let (sessions, why) = match self.running_info(running).await {
+            // Gone already: nobody to cut.
+            Liveness::Gone => (0, None),
+            Liveness::Unknown(why) => (1, Some(why)),
+            // Adopted if another replica started it, so its process list can be read here.
+            Liveness::Alive(_) => match self.driver.client_sessions(&running.project_id).await {
+                Ok(n) => (n, None),
+                // Not knowing is not "none": the suspend is refused, not risked.
+                Err(e) => (1, Some(format!("{e:#}"))),
+            },
         };
         if sessions == 0 {
             return Ok(());
@@ -621,6 +776,12 @@ impl Lifecycle {
             reason,
         )
         .await?;
+        if let Some(why) = why {
+            return Err(ControlError::Conflict(format!(
+                "cannot count the sessions of project {}'s compute before suspending it ({why}); it keeps running",
+                running.project_id
+            )));
+        }
         Err(ControlError::SessionsOpen {
             project: running.project_id.clone(),
             sessions,
@@ -633,12 +794,16 @@ impl Lifecycle {
             return;
         }
         if self.store.is_shared() {
+            // Others that beat within two heartbeats (a replica killed a while ago does not
+            // count); not knowing means assuming they are there.
+            let recent =
+                (crate::replicas::HEARTBEAT_EVERY * 2 + Duration::from_secs(1)).as_millis() as i64;
             let others = self
                 .store
-                .live_replicas(crate::replicas::REPLICA_TTL.as_millis() as i64)
+                .live_replicas(recent)
                 .await
                 .map(|live| live.iter().filter(|r| r.id != self.replicas.id).count())
-                .unwrap_or(0);
+                .unwrap_or(1);
             if others > 0 {
                 tracing::info!(
                     others,
@@ -669,8 +834,24 @@ impl Lifecycle {
     /// suspended.
     pub(crate) async fn reconcile(&self) -> anyhow::Result<()> {
         for c in self.store.list_computes().await? {
-            if c.state == ComputeState::Starting && !self.store.start_lease_expired(&c.id).await? {
-                // Another replica is starting it right now.
+            let shared = self.store.is_shared();
+            if shared
+                && matches!(c.state, ComputeState::Starting | ComputeState::Suspending)
+                && !self.store.start_lease_expired(&c.id).await?
+            {
+                // Another replica is starting or suspending it right now.
+                continue;
+            }
+            if shared && c.state == ComputeState::Running {
+                // Other replicas may be serving it: adopt it into this replica's driver, and
+                // write nothing (the leader's liveness check records it if it is gone).
+                let recorded = c.address.clone().map(|address| Running {
+                    address,
+                    handle: c.handle.clone(),
+                });
+                if let Err(e) = self.driver.adopt(&c.project_id, recorded).await {
+                    tracing::warn!(project_id = %c.project_id, error = %format!("{e:#}"), "cannot adopt a running compute now; leaving it to the scheduler");
+                }
                 continue;
             }
             let recorded = c.address.clone().map(|address| Running {
@@ -879,7 +1060,10 @@ impl Lifecycle {
         let Some(compute) = self.store.compute_for_project(project_id).await? else {
             return Ok(());
         };
-        if compute.state == ComputeState::Running && self.driver.is_alive(project_id) {
+        // A compute another replica started is adopted here, so the change reaches it now.
+        if compute.state == ComputeState::Running
+            && matches!(self.running_info(&compute).await, Liveness::Alive(_))
+        {
             match self
                 .driver
                 .apply_roles(project_id, std::slice::from_ref(&op))

@@ -16,6 +16,9 @@ impl Lifecycle {
         let _guard = slot.lock.lock().await;
         self.suspend_locked(&project.id, "deleted", true).await?;
         let compute = self.store.compute_for_project(&project.id).await?;
+        if let Some(c) = &compute {
+            self.delete_record(c).await?;
+        }
         self.driver.destroy_storage(&project.id).await?;
         self.store.delete_project(&project.id).await?;
         if let Some(c) = compute {
@@ -82,6 +85,18 @@ impl Lifecycle {
         Ok(compute)
     }
 
+    /// Deletes a stopped compute's record, first: another replica can then no longer start
+    /// it while its storage is being removed.
+    async fn delete_record(&self, c: &Compute) -> Result<(), ControlError> {
+        if self.store.delete_stopped_compute(c).await? {
+            return Ok(());
+        }
+        Err(ControlError::Conflict(format!(
+            "the compute {} was woken or changed by another doze replica during the delete; retry",
+            c.id
+        )))
+    }
+
     pub async fn compute(&self, id: &str) -> Result<Compute, ControlError> {
         self.store
             .compute(id)
@@ -102,8 +117,8 @@ impl Lifecycle {
         self.suspend_locked(&compute.project_id, "deleted", true)
             .await?;
         let current = self.compute(id).await?;
+        self.delete_record(&current).await?;
         self.driver.compute_deleted(&compute.project_id).await?;
-        self.store.delete_compute(id).await?;
         self.gauge_move(Some(current.state), None);
         self.invalidate(&compute.project_id);
         tracing::info!(project_id = %compute.project_id, compute_id = %id, "compute deleted");

@@ -29,6 +29,20 @@ const SCHEDULER_LEASE: &str = "scheduler";
 
 /// How often a replica heartbeats and renews the scheduler lease.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// How often a replica pings the change channel, and how long its listener may hear nothing
+/// (not even a ping) before it reconnects and flushes.
+const PING_EVERY: Duration = Duration::from_secs(3);
+const LISTEN_SILENCE: Duration = Duration::from_secs(10);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A replica whose heartbeat is older than this is dead; the scheduler lease lasts as long.
 pub const REPLICA_TTL: Duration = Duration::from_secs(8);
 
@@ -40,6 +54,8 @@ pub struct Replicas {
     activity: Arc<Activity>,
     /// The scheduler lease's term while this replica holds it; 0 otherwise.
     term: AtomicI64,
+    /// When the lease was last taken or renewed (the moment the request was sent).
+    renewed: std::sync::Mutex<Option<std::time::Instant>>,
     /// Sessions and last activity per project on the other live replicas.
     remote: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// Bumped whenever another replica changed a compute: waiters of its start re-read.
@@ -67,15 +83,23 @@ impl Replicas {
             activity,
             // Alone on SQLite: always the leader.
             term: AtomicI64::new(0),
+            renewed: std::sync::Mutex::new(None),
             remote: Default::default(),
             compute_changes: tokio::sync::watch::channel(0).0,
             stopping: AtomicBool::new(false),
         })
     }
 
-    /// Whether this replica runs the scheduler now.
+    /// Whether this replica runs the scheduler now: it holds the lease and renewed it
+    /// recently enough that nobody else can have taken it (a replica whose heartbeats fail
+    /// stops acting before its lease runs out).
     pub fn is_leader(&self) -> bool {
-        !self.store.is_shared() || self.term.load(Ordering::SeqCst) > 0
+        if !self.store.is_shared() {
+            return true;
+        }
+        let renewed = *self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+        self.term.load(Ordering::SeqCst) > 0
+            && renewed.is_some_and(|at| at.elapsed() < REPLICA_TTL - HEARTBEAT_EVERY)
     }
 
     /// Renews the scheduler lease right before a suspend: a leader that lost its lease (a
@@ -92,12 +116,20 @@ impl Replicas {
     }
 
     async fn lead(&self) -> anyhow::Result<i64> {
+        if self.stopping.load(Ordering::SeqCst) {
+            // Leaving: never take the lease back after resigning it.
+            return Ok(0);
+        }
+        let asked = std::time::Instant::now();
         let ttl = REPLICA_TTL.as_millis() as i64;
         let term = self
             .store
             .try_lead(SCHEDULER_LEASE, &self.id, ttl)
             .await?
             .unwrap_or(0);
+        if term > 0 {
+            *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
+        }
         let before = self.term.swap(term, Ordering::SeqCst);
         if before != term {
             if term > 0 {
@@ -136,10 +168,9 @@ impl Replicas {
                 &serde_json::Value::Object(activity),
             )
             .await?;
-        let live = self
-            .store
-            .live_replicas(REPLICA_TTL.as_millis() as i64)
-            .await?;
+        let ttl = REPLICA_TTL.as_millis() as i64;
+        self.store.prune_replicas(ttl).await?;
+        let live = self.store.live_replicas(ttl).await?;
         metrics::gauge!(m::REPLICAS_LIVE).set(live.len() as f64);
         let mut remote = std::collections::HashMap::<String, (u64, u64)>::new();
         for r in live.iter().filter(|r| r.id != self.id) {
@@ -207,6 +238,21 @@ pub fn spawn_listener(
     replicas: Arc<Replicas>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // A ping through the pool every few seconds, which every replica's listener hears: a
+        // listener that hears nothing for long is on a dead connection (a half-open TCP
+        // connection through a NAT or a failover blocks forever without an error).
+        let pinger = {
+            let replicas = Arc::clone(&replicas);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(PING_EVERY).await;
+                    if let Err(e) = replicas.store.announce("ping", &replicas.id).await {
+                        tracing::debug!(error = %e, "change-channel ping failed");
+                    }
+                }
+            })
+        };
+        let _stop_pinger = AbortOnDrop(pinger);
         loop {
             if replicas.stopping.load(Ordering::SeqCst) {
                 break;
@@ -228,7 +274,17 @@ pub fn spawn_listener(
             target.flush();
             metrics::counter!(m::INVALIDATIONS, "kind" => "flush").increment(1);
             loop {
-                match listener.try_recv().await {
+                let Ok(received) = tokio::time::timeout(LISTEN_SILENCE, listener.try_recv()).await
+                else {
+                    tracing::warn!(
+                        "the change listener heard nothing, not even a ping; reconnecting"
+                    );
+                    target.flush();
+                    metrics::counter!(m::INVALIDATIONS, "kind" => "flush").increment(1);
+                    break;
+                };
+                match received {
+                    Ok(Some(n)) if n.payload().starts_with("ping:") => {}
                     Ok(Some(n)) => {
                         let (kind, project) = n.payload().split_once(':').unwrap_or(("flush", ""));
                         match kind {

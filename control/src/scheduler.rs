@@ -13,7 +13,7 @@ use crate::activity::now_ms;
 use crate::error::ControlError;
 use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
-use crate::store::ComputeState;
+use crate::store::{Compute, ComputeState};
 
 pub(crate) fn spawn(plane: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -77,7 +77,9 @@ impl Lifecycle {
     pub async fn find_lost(&self) -> anyhow::Result<usize> {
         let mut lost = 0;
         for c in self.store.list_computes().await? {
-            if c.state != ComputeState::Running || self.alive_or_adopted(&c).await {
+            // Only what is certainly gone: a compute the driver cannot check now (a server
+            // slow to greet, an API error) is left alone.
+            if c.state != ComputeState::Running || !self.is_gone(&c).await {
                 continue;
             }
             let slot = self.slot(&c.project_id);
@@ -85,23 +87,17 @@ impl Lifecycle {
             let Some(current) = self.store.compute_for_project(&c.project_id).await? else {
                 continue;
             };
-            if current.state != ComputeState::Running || self.alive_or_adopted(&current).await {
+            if current.state != ComputeState::Running || !self.is_gone(&current).await {
                 continue;
             }
-            self.invalidate(&c.project_id);
-            let _ = self.driver.stop(&c.project_id).await;
-            match self
-                .transition_with_error(
+            if !self
+                .record_lost(
                     &current,
-                    ComputeState::Suspended,
                     "the compute's server exited while it was recorded as running",
-                    "lost",
                 )
-                .await
+                .await?
             {
-                Ok(_) => {}
-                Err(e) if crate::lifecycle::is_fenced(&e) => continue,
-                Err(e) => return Err(e),
+                continue;
             }
             metrics::counter!(m::COMPUTES_LOST).increment(1);
             tracing::warn!(project_id = %c.project_id, compute_id = %c.id,
@@ -113,7 +109,15 @@ impl Lifecycle {
 
     /// True when clients are connected to the compute directly, bypassing doze. Counts as
     /// activity: such sessions are never cut by an idle suspend.
-    async fn has_direct_sessions(&self, project_id: &str) -> bool {
+    async fn has_direct_sessions(&self, compute: &Compute) -> bool {
+        let project_id = compute.project_id.as_str();
+        // A compute another replica started is adopted first, so its process list can be read.
+        if !matches!(
+            self.running_info(compute).await,
+            crate::lifecycle::Liveness::Alive(_)
+        ) {
+            return false;
+        }
         match self.driver.client_sessions(project_id).await {
             Ok(0) => false,
             Ok(n) => {
@@ -168,9 +172,7 @@ impl Lifecycle {
                 .max(remote_active)
                 .max(u64::try_from(c.updated_at).unwrap_or(0));
             let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
-            if now.saturating_sub(last_active) < idle_ms
-                || self.has_direct_sessions(&c.project_id).await
-            {
+            if now.saturating_sub(last_active) < idle_ms || self.has_direct_sessions(&c).await {
                 continue;
             }
             // Fenced by the leader's term: a replica that lost the lease stops here.

@@ -348,22 +348,31 @@ impl Store {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
+        // Replicas starting together on one PostgreSQL migrate one at a time: a lock held by
+        // the migrating transaction (never a session-level one on a pooled connection), and
+        // the versions read again under it.
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7305105)")
+                .execute(&mut *tx)
+                .await
+                .context("waiting for another replica's migrations")?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .context("creating schema_migrations")?;
         for (version, statements) in MIGRATIONS {
             let done: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(*version)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
             if done.is_some() {
                 continue;
             }
-            let mut tx = self.pool.begin().await?;
             for stmt in *statements {
                 sqlx::query(stmt)
                     .execute(&mut *tx)
@@ -375,9 +384,9 @@ impl Store {
                 .bind(now_ms() as i64)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
             tracing::info!(version, "applied state store migration");
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -561,8 +570,8 @@ impl Store {
         Ok(expired == Some(1))
     }
 
-    /// Extends a start lease this replica holds (`epoch` is the start's own): a start that
-    /// takes longer than one lease keeps it, a dead owner's runs out.
+    /// Extends a start's or suspend's lease this replica holds (`epoch` is its own): one
+    /// that takes longer than one lease keeps it, a dead owner's runs out.
     pub async fn renew_start_lease(
         &self,
         compute_id: &str,
@@ -573,7 +582,7 @@ impl Store {
         let clock = self.clock_sql();
         let done = sqlx::query(&format!(
             "UPDATE computes SET lease_until = {clock} + $1
-             WHERE id = $2 AND epoch = $3 AND lease_owner = $4 AND state = 'starting'"
+             WHERE id = $2 AND epoch = $3 AND lease_owner = $4 AND state IN ('starting', 'suspending')"
         ))
         .bind(ttl_ms)
         .bind(compute_id)
@@ -651,9 +660,9 @@ impl Store {
         Ok(())
     }
 
-    /// Replicas whose heartbeat is younger than `ttl_ms`; older ones are deleted (their
-    /// sessions died with them).
-    pub async fn live_replicas(&self, ttl_ms: i64) -> anyhow::Result<Vec<ReplicaRow>> {
+    /// Deletes the replicas whose heartbeat is older than `ttl_ms` (dead: their sessions died
+    /// with them).
+    pub async fn prune_replicas(&self, ttl_ms: i64) -> anyhow::Result<()> {
         let clock = self.clock_sql();
         sqlx::query(&format!(
             "DELETE FROM replicas WHERE heartbeat_at < {clock} - $1"
@@ -661,9 +670,17 @@ impl Store {
         .bind(ttl_ms)
         .execute(&self.pool)
         .await?;
-        let rows = sqlx::query(
-            "SELECT id, started_at, heartbeat_at, sessions, activity FROM replicas ORDER BY started_at, id",
-        )
+        Ok(())
+    }
+
+    /// Replicas whose heartbeat is younger than `ttl_ms`, oldest first.
+    pub async fn live_replicas(&self, ttl_ms: i64) -> anyhow::Result<Vec<ReplicaRow>> {
+        let clock = self.clock_sql();
+        let rows = sqlx::query(&format!(
+            "SELECT id, started_at, heartbeat_at, sessions, activity FROM replicas
+             WHERE heartbeat_at >= {clock} - $1 ORDER BY started_at, id"
+        ))
+        .bind(ttl_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -728,7 +745,8 @@ impl Store {
 
     /// Gives the lease up (a clean shutdown), so another replica need not wait for it to expire.
     pub async fn resign(&self, name: &str, holder: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+        // Expired, not deleted: the next holder's term stays above every earlier one.
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2")
             .bind(name)
             .bind(holder)
             .execute(&self.pool)
@@ -765,6 +783,29 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes a stopped compute, unless another replica changed it since it was read
+    /// (`Ok(false)`): a delete never races a start into an unrecorded server.
+    pub async fn delete_stopped_compute(&self, c: &Compute) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "DELETE FROM computes WHERE id = $1 AND epoch = $2 AND state IN ('suspended', 'failed')",
+        )
+        .bind(&c.id)
+        .bind(c.epoch)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM compute_events WHERE compute_id = $1")
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
+        self.notify(&mut tx, "compute", &c.project_id).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn events(&self, compute_id: &str) -> anyhow::Result<Vec<ComputeEvent>> {

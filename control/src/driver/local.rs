@@ -418,13 +418,9 @@ impl LocalDriver {
                 handle: Some(pid.to_string()),
             }));
         }
-        tracing::warn!(
-            project_id,
-            pid,
-            "a leftover mariadbd does not answer; stopping it"
-        );
-        stop_pid(pid, self.stop_timeout).await;
-        Ok(None)
+        // Alive but not answering in time (busy, hung, still recovering): not proof that it
+        // is gone, so it is not stopped here; a start stops it first if it comes to that.
+        bail!("mariadbd (pid {pid}) serves this compute's datadir but does not answer on its port")
     }
 
     async fn root_conn(&self, project_id: &str) -> anyhow::Result<mysql_async::Conn> {
