@@ -849,8 +849,20 @@ impl Lifecycle {
                     address,
                     handle: c.handle.clone(),
                 });
-                if let Err(e) = self.driver.adopt(&c.project_id, recorded).await {
-                    tracing::warn!(project_id = %c.project_id, error = %format!("{e:#}"), "cannot adopt a running compute now; leaving it to the scheduler");
+                match self.driver.adopt(&c.project_id, recorded).await {
+                    Ok(Some(_)) => {}
+                    // Certainly gone: recorded as lost, fenced (a replica that started it
+                    // again meanwhile wins).
+                    Ok(None) => {
+                        self.record_lost(
+                            &c,
+                            "the compute's server was gone when this replica started",
+                        )
+                        .await?;
+                    }
+                    Err(e) => {
+                        tracing::warn!(project_id = %c.project_id, error = %format!("{e:#}"), "cannot adopt a running compute now; leaving it to the scheduler");
+                    }
                 }
                 continue;
             }
