@@ -10,6 +10,65 @@ pub fn server_config(
     cert_path: &Path,
     key_path: &Path,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(reloadable_server_config(cert_path, key_path)?.0)
+}
+
+/// As [`server_config`], with the handle that swaps in a renewed certificate and key (SIGHUP)
+/// without a restart: connections already open keep theirs, new ones get the new pair.
+pub fn reloadable_server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<ReloadableCert>)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = Arc::new(ReloadableCert {
+        cert_path: cert_path.to_path_buf(),
+        key_path: key_path.to_path_buf(),
+        current: std::sync::RwLock::new(load_certified_key(cert_path, key_path, &provider)?),
+        provider: Arc::clone(&provider),
+    });
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn rustls::server::ResolvesServerCert>);
+    Ok((Arc::new(config), resolver))
+}
+
+/// The proxy's certificate and key, replaceable while it runs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ReloadableCert {
+    /// Reads the certificate and key files again. A pair that does not load (a half-written
+    /// renewal, a key that does not match) leaves the current one in place, and says why.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = load_certified_key(&self.cert_path, &self.key_path, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+}
+
+fn load_certified_key(
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
     let cert_pem = std::fs::read(cert_path)
         .with_context(|| format!("reading --tls-cert {}", cert_path.display()))?;
     let key_pem = std::fs::read(key_path)
@@ -23,14 +82,9 @@ pub fn server_config(
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .with_context(|| format!("parsing the private key in {}", key_path.display()))?
         .with_context(|| format!("no private key found in {}", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
+    let certified = rustls::sign::CertifiedKey::from_der(certs, key, provider)
         .context("the TLS certificate and key do not match or are unsupported")?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(certified))
 }
 
 /// TLS on the backend leg: the compute's certificate must chain to the CA and name

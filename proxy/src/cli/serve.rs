@@ -194,12 +194,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let metrics = install_metrics()?;
     doze_proxy::metrics::describe();
-    let proxy_cfg = proxy_config(&args)?;
+    let (proxy_cfg, cert) = proxy_config(&args)?;
     let listener = accept::bind(&proxy_cfg)
         .with_context(|| format!("binding the proxy to {}", args.proxy_listen))?;
     let proxy_addr = listener.local_addr().unwrap_or(args.proxy_listen);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(wait_for_signal(stop_tx));
+    tokio::spawn(reload_on_sighup(cert));
     if let Some(routes) = &args.routes {
         let routes = Arc::new(StaticRoutes::load(routes)?);
         let admin = TcpListener::bind(args.admin_listen)
@@ -283,41 +284,50 @@ async fn run_proxy<C: Control + Clone>(
     accept::serve(listener, shared, shutdown).await;
 }
 
-fn proxy_config(args: &ServeArgs) -> anyhow::Result<ProxyConfig> {
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
-        _ => None,
+/// The proxy's settings, and the handle that reloads its TLS certificate (when it has one).
+fn proxy_config(
+    args: &ServeArgs,
+) -> anyhow::Result<(ProxyConfig, Option<Arc<tls::ReloadableCert>>)> {
+    let (tls, cert) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (config, handle) = tls::reloadable_server_config(cert, key)?;
+            (Some(config), Some(handle))
+        }
+        _ => (None, None),
     };
     if args.sni_suffix.is_some() && tls.is_none() {
         bail!("--sni-suffix routes by the TLS server name, so it needs --tls-cert and --tls-key");
     }
-    Ok(ProxyConfig {
-        listen: args.proxy_listen,
-        tls,
-        require_tls: args.require_tls,
-        sni_suffix: args.sni_suffix.clone(),
-        server_version: args.server_version.clone(),
-        handshake_timeout: args.handshake_timeout,
-        first_packet_timeout: args.first_packet_timeout,
-        max_pending_logins: args.max_pending_logins,
-        max_pending_logins_per_ip: args.max_pending_logins_per_ip,
-        auth_backoff: doze_proxy::throttle::Backoff {
-            base: args.auth_backoff,
-            max: args.auth_backoff_max,
+    Ok((
+        ProxyConfig {
+            listen: args.proxy_listen,
+            tls,
+            require_tls: args.require_tls,
+            sni_suffix: args.sni_suffix.clone(),
+            server_version: args.server_version.clone(),
+            handshake_timeout: args.handshake_timeout,
+            first_packet_timeout: args.first_packet_timeout,
+            max_pending_logins: args.max_pending_logins,
+            max_pending_logins_per_ip: args.max_pending_logins_per_ip,
+            auth_backoff: doze_proxy::throttle::Backoff {
+                base: args.auth_backoff,
+                max: args.auth_backoff_max,
+            },
+            connect_timeout: args.connect_timeout,
+            backend_login_timeout: args.backend_login_timeout,
+            wake_timeout: args.wake_timeout,
+            max_connections: args.max_connections,
+            max_connections_per_project: args.max_connections_per_project,
+            drain_timeout: args.drain_timeout,
+            backend_proxy_protocol: args.backend_proxy_protocol,
+            backend_tls: backend_ca(args)?
+                .map(|ca| doze_proxy::tls::backend_config(&ca, &args.backend_tls_name))
+                .transpose()?,
+            reuse_port: args.reuse_port,
+            ..ProxyConfig::default()
         },
-        connect_timeout: args.connect_timeout,
-        backend_login_timeout: args.backend_login_timeout,
-        wake_timeout: args.wake_timeout,
-        max_connections: args.max_connections,
-        max_connections_per_project: args.max_connections_per_project,
-        drain_timeout: args.drain_timeout,
-        backend_proxy_protocol: args.backend_proxy_protocol,
-        backend_tls: backend_ca(args)?
-            .map(|ca| doze_proxy::tls::backend_config(&ca, &args.backend_tls_name))
-            .transpose()?,
-        reuse_port: args.reuse_port,
-        ..ProxyConfig::default()
-    })
+        cert,
+    ))
 }
 
 /// The admin token from --admin-token-file, DOZE_ADMIN_TOKEN or --admin-token, checked.
@@ -458,6 +468,28 @@ async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: watch
         .await
     {
         error!("admin API stopped: {e}");
+    }
+}
+
+/// SIGHUP reloads what can change without a restart: the TLS certificate and key (a renewal
+/// by cert-manager or certbot). Sessions are untouched; a reload that fails keeps the old
+/// pair and says why. (Before, SIGHUP's default action ended doze without a drain.)
+async fn reload_on_sighup(cert: Option<Arc<tls::ReloadableCert>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        error!("cannot listen for SIGHUP");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &cert {
+            Some(cert) => match cert.reload() {
+                Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "SIGHUP: the TLS certificate and key did not reload; keeping the current ones")
+                }
+            },
+            None => info!("SIGHUP: nothing to reload (no --tls-cert)"),
+        }
     }
 }
 
