@@ -18,6 +18,8 @@ use serde_json::json;
 
 struct Cluster {
     planes: Vec<Arc<ControlPlane>>,
+    // Dropped first: the computes the replicas left running.
+    _cleanup: KillOnDrop,
     _pg: Postgres,
     _dir: tempfile::TempDir,
 }
@@ -40,6 +42,7 @@ async fn replicas(n: usize, tweak: impl Fn(&mut ControlConfig)) -> Cluster {
     }
     Cluster {
         planes,
+        _cleanup: KillOnDrop(dir.path().to_path_buf()),
         _pg: pg,
         _dir: dir,
     }
@@ -314,6 +317,7 @@ async fn warm_connects_send_no_query_to_postgres() {
         conn.close().await.ok();
     }
     let dir = doze_control::testkit::scratch_dir("doze-warm-").expect("dir");
+    let _cleanup = KillOnDrop(dir.path().to_path_buf());
     let mut cfg = config(&dir);
     cfg.db_dsn = pg.dsn();
     let plane = ControlPlane::start(cfg, Activity::new())

@@ -204,6 +204,15 @@ pub fn kill_all_under(root: &std::path::Path) {
     doze_control::testkit::kill_mariadbd_under(root);
 }
 
+/// Kills every mariadbd under its directory when dropped, panics included.
+pub struct KillOnDrop(pub std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_all_under(&self.0);
+    }
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         kill_all_under(&self.plane.config().data_dir);
