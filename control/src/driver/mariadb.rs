@@ -476,11 +476,14 @@ pub async fn wait_for_greeting(
 /// Connects and reads the first packet header and byte: true when it is a greeting (0x0a) or
 /// an ERR (0xff).
 pub async fn probe_greeting(port: u16) -> bool {
-    let Ok(Ok(mut stream)) = tokio::time::timeout(
-        Duration::from_millis(500),
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
+    probe_greeting_at(&format!("127.0.0.1:{port}")).await
+}
+
+/// A MySQL greeting, or a server's ERR packet (too many connections, host blocked: the server
+/// is up), on `address` (`host:port`).
+pub async fn probe_greeting_at(address: &str) -> bool {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(address)).await
     else {
         return false;
     };

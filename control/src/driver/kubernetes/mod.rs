@@ -34,7 +34,6 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, PostParams};
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use self::objects::{Defaults, MARIADB_PORT};
@@ -453,7 +452,7 @@ impl KubernetesDriver {
         deadline: Instant,
     ) -> anyhow::Result<()> {
         loop {
-            if probe_greeting(address).await {
+            if mariadb::probe_greeting_at(address).await {
                 return Ok(());
             }
             match self.cache.get(name) {
@@ -555,7 +554,7 @@ impl KubernetesDriver {
         };
         if let Progress::Started { ip } = status::progress(&pod) {
             let address = format!("{ip}:{MARIADB_PORT}");
-            if probe_greeting(&address).await {
+            if mariadb::probe_greeting_at(&address).await {
                 return Ok(Some(Running {
                     address,
                     handle: Some(handle(&name, &uid_of(&pod)?)),
@@ -737,22 +736,4 @@ fn uid_of(pod: &Pod) -> anyhow::Result<String> {
 /// Whether `e` is the API server's Status with this code.
 fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == code)
-}
-
-/// A MySQL greeting, or a server's ERR packet, on `address`.
-async fn probe_greeting(address: &str) -> bool {
-    let Ok(Ok(mut stream)) = tokio::time::timeout(
-        Duration::from_millis(500),
-        tokio::net::TcpStream::connect(address),
-    )
-    .await
-    else {
-        return false;
-    };
-    let mut head = [0u8; 5];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut head)).await,
-        // A greeting, or an ERR (too many connections, host blocked): the server is up.
-        Ok(Ok(_)) if head[4] == 0x0a || head[4] == 0xff
-    )
 }
