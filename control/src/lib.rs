@@ -163,11 +163,20 @@ impl ControlPlane {
                 catalog: Arc::clone(&catalog),
                 lifecycle: Arc::clone(&lifecycle),
             });
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
             tasks.push(replicas::spawn_listener(
                 cfg.db_dsn.clone(),
                 target,
                 Arc::clone(&replicas),
+                ready_tx,
             ));
+            // Listening (and its first flush done) before anything is cached.
+            if tokio::time::timeout(Duration::from_secs(10), ready)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the change listener is not up yet; caches are flushed when it is");
+            }
         }
         replicas.beat().await?;
         tasks.push(replicas.spawn_heartbeat());

@@ -236,7 +236,9 @@ pub fn spawn_listener(
     dsn: String,
     target: Arc<dyn Invalidate>,
     replicas: Arc<Replicas>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) -> tokio::task::JoinHandle<()> {
+    let mut ready = Some(ready);
     tokio::spawn(async move {
         // A ping through the pool every few seconds, which every replica's listener hears: a
         // listener that hears nothing for long is on a dead connection (a half-open TCP
@@ -272,6 +274,9 @@ pub fn spawn_listener(
             }
             // Anything sent before LISTEN took effect is unknown: start clean.
             target.flush();
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
             metrics::counter!(m::INVALIDATIONS, "kind" => "flush").increment(1);
             loop {
                 let Ok(received) = tokio::time::timeout(LISTEN_SILENCE, listener.try_recv()).await
