@@ -291,6 +291,16 @@ fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
                 .into(),
         );
     }
+    if let Some(m) = obj.get("suspend_mode")
+        && !m.is_null()
+        && m.as_str()
+            .is_none_or(|m| m.parse::<crate::config::SuspendMode>().is_err())
+    {
+        return Err(
+            "config.suspend_mode must be \"freeze\" (frozen when idle, stopped later) or \"stop\" (stopped when idle)"
+                .into(),
+        );
+    }
     Ok(())
 }
 

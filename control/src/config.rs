@@ -4,7 +4,80 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use crate::driver::freezer::FreezerChoice;
 pub use crate::driver::kubernetes::{AdminTls, KubernetesConfig};
+
+/// What an idle compute becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SuspendMode {
+    /// Frozen: no CPU, memory kept, resumed in about a millisecond; stopped later (after
+    /// `stop_after`, or sooner under the frozen memory budget). Where the driver cannot
+    /// freeze, stopped.
+    #[default]
+    Freeze,
+    /// Stopped: memory freed; the next connection starts the server again.
+    Stop,
+}
+
+impl SuspendMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspendMode::Freeze => "freeze",
+            SuspendMode::Stop => "stop",
+        }
+    }
+}
+
+impl FromStr for SuspendMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "freeze" => Ok(SuspendMode::Freeze),
+            "stop" => Ok(SuspendMode::Stop),
+            other => anyhow::bail!("unknown suspend mode '{other}'; use `freeze` or `stop`"),
+        }
+    }
+}
+
+/// The frozen tier's policy (`--suspend-mode`, `--stop-after`, `--frozen-memory-budget`,
+/// `--freezer`).
+#[derive(Clone, Debug)]
+pub struct FrozenPolicy {
+    /// What an idle compute becomes; a project's `config.suspend_mode` overrides it.
+    pub suspend_mode: SuspendMode,
+    /// A compute frozen this long is stopped. Zero: never by time.
+    pub stop_after: Duration,
+    /// Frozen computes' total memory above which the least recently used are stopped.
+    /// `None`: no budget.
+    pub memory_budget: Option<u64>,
+    /// The local driver's freezing mechanism.
+    pub freezer: FreezerChoice,
+}
+
+impl Default for FrozenPolicy {
+    fn default() -> Self {
+        Self {
+            suspend_mode: SuspendMode::Freeze,
+            stop_after: Duration::from_secs(30 * 60),
+            memory_budget: default_memory_budget(),
+            freezer: FreezerChoice::Auto,
+        }
+    }
+}
+
+/// A quarter of the machine's memory (`MemTotal`), the default frozen memory budget.
+pub fn default_memory_budget() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024 / 4)
+}
 
 /// Which compute driver runs the computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -68,6 +141,8 @@ pub struct ControlConfig {
     /// How doze's own administrative logins to computes are protected (the Kubernetes
     /// driver's; the local driver uses the unix socket).
     pub admin_tls: AdminTls,
+    /// The frozen tier.
+    pub frozen: FrozenPolicy,
 }
 
 impl Default for ControlConfig {
@@ -85,6 +160,7 @@ impl Default for ControlConfig {
             replica_id: crate::replicas::default_replica_id(),
             kubernetes: KubernetesConfig::default(),
             admin_tls: AdminTls::default(),
+            frozen: FrozenPolicy::default(),
         }
     }
 }

@@ -53,7 +53,10 @@ use crate::store::{Compute, ComputeEvent, Project, Role, Store};
 /// Finding, initialising and starting `mariadbd` (the local driver's, shared with the test kit).
 pub use crate::driver::mariadb;
 
-pub use crate::config::{AdminTls, ControlConfig, DriverKind, KubernetesConfig};
+pub use crate::config::{
+    AdminTls, ControlConfig, DriverKind, FreezerChoice, FrozenPolicy, KubernetesConfig,
+    SuspendMode, default_memory_budget,
+};
 pub use crate::error::ControlError;
 pub use crate::stats::Stats;
 
@@ -101,14 +104,24 @@ impl ControlPlane {
         let data_dir = std::fs::canonicalize(&cfg.data_dir)?;
         let store = Store::open(&cfg.db_dsn).await?;
         let driver: Arc<dyn ComputeDriver> = match cfg.driver {
-            DriverKind::Local => Arc::new(LocalDriver::new(
-                data_dir.clone(),
-                cfg.max_allowed_packet.clone(),
-                cfg.stop_timeout,
-                // A start outlives a wake that gave up on it (the next wake finds it running),
-                // so its own readiness bound is generous.
-                cfg.wake_timeout.max(Duration::from_secs(30)),
-            )),
+            DriverKind::Local => {
+                let freezer = driver::freezer::Freezer::choose(cfg.frozen.freezer)?;
+                match &freezer {
+                    Some(f) => tracing::info!(freezer = f.name(), "idle computes can be frozen"),
+                    None => tracing::info!("freezing is off: idle computes are stopped"),
+                }
+                Arc::new(
+                    LocalDriver::new(
+                        data_dir.clone(),
+                        cfg.max_allowed_packet.clone(),
+                        cfg.stop_timeout,
+                        // A start outlives a wake that gave up on it (the next wake finds it
+                        // running), so its own readiness bound is generous.
+                        cfg.wake_timeout.max(Duration::from_secs(30)),
+                    )
+                    .with_freezer(freezer),
+                )
+            }
             DriverKind::Kubernetes => Arc::new(Self::kubernetes_driver(&cfg).await?),
         };
         let cfg = ControlConfig { data_dir, ..cfg };
@@ -354,8 +367,55 @@ impl ControlPlane {
         self.lifecycle.delete_compute(id).await
     }
 
+    /// Stops a compute now (a frozen one is thawed, then stopped).
     pub async fn suspend_compute(&self, id: &str) -> Result<Compute, ControlError> {
-        self.lifecycle.suspend_compute(id).await
+        self.lifecycle.suspend_compute(id, SuspendMode::Stop).await
+    }
+
+    /// Freezes a running compute now (422 where this doze cannot freeze).
+    pub async fn freeze_compute(&self, id: &str) -> Result<Compute, ControlError> {
+        self.lifecycle
+            .suspend_compute(id, SuspendMode::Freeze)
+            .await
+    }
+
+    /// Suspends a compute now, by stopping or by freezing it.
+    pub async fn suspend_compute_with(
+        &self,
+        id: &str,
+        mode: SuspendMode,
+    ) -> Result<Compute, ControlError> {
+        self.lifecycle.suspend_compute(id, mode).await
+    }
+
+    /// Memory a running or frozen compute holds now, when its driver can tell (the local
+    /// driver: the compute cgroup's charge, else the server's resident set).
+    pub fn compute_memory(&self, c: &Compute) -> Option<u64> {
+        matches!(
+            c.state,
+            crate::store::ComputeState::Running | crate::store::ComputeState::Frozen
+        )
+        .then(|| {
+            self.lifecycle
+                .driver
+                .memory_bytes(&c.project_id, c.handle.as_deref())
+        })
+        .flatten()
+    }
+
+    /// Changes the frozen memory budget while serving (`None`: no budget); the scheduler's
+    /// next pass applies it.
+    pub fn set_frozen_memory_budget(&self, bytes: Option<u64>) {
+        self.lifecycle.frozen_budget.store(
+            bytes.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The freezing mechanism of this doze's driver (`cgroup2`, `cgroup1`, `signal`), `None`
+    /// when idle computes are only stopped.
+    pub fn freezer(&self) -> Option<&'static str> {
+        self.lifecycle.driver.freezer()
     }
 
     pub async fn resume_compute(&self, id: &str) -> Result<(Compute, WakeInfo), ControlError> {

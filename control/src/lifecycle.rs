@@ -120,6 +120,8 @@ pub struct Lifecycle {
     slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slot>>>,
     gauges: std::sync::Mutex<std::collections::HashMap<ComputeState, i64>>,
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
+    /// `--frozen-memory-budget` in bytes (`u64::MAX`: none); changeable while serving.
+    pub(crate) frozen_budget: std::sync::atomic::AtomicU64,
 }
 
 impl Lifecycle {
@@ -132,7 +134,9 @@ impl Lifecycle {
         stats: Arc<Stats>,
         replicas: Arc<Replicas>,
     ) -> Arc<Self> {
+        let budget = cfg.frozen.memory_budget.unwrap_or(u64::MAX);
         Arc::new_cyclic(|me| Lifecycle {
+            frozen_budget: std::sync::atomic::AtomicU64::new(budget),
             cfg,
             store,
             catalog,
@@ -202,11 +206,18 @@ impl Lifecycle {
         let t0 = Instant::now();
         Stats::bump(&self.stats.wakes);
         let result = self.wake_measured(key).await;
-        let outcome = match &result {
-            Ok(info) => info.cold_start.as_str(),
-            Err(_) => "failed",
+        let (outcome, from) = match &result {
+            Ok(info) => (
+                info.cold_start.as_str(),
+                match info.cold_start {
+                    ColdStart::Warm => "running",
+                    ColdStart::Thawed => "frozen",
+                    ColdStart::Resumed => "stopped",
+                },
+            ),
+            Err(_) => ("failed", "unknown"),
         };
-        metrics::histogram!(m::WAKE_DURATION, "outcome" => outcome)
+        metrics::histogram!(m::WAKE_DURATION, "outcome" => outcome, "from" => from)
             .record(t0.elapsed().as_secs_f64());
         result
     }
@@ -317,6 +328,15 @@ impl Lifecycle {
                         continue;
                     }
                 },
+                ComputeState::Frozen => match self.thaw_locked(&compute, &name).await? {
+                    Some(info) => {
+                        if waited_for_other {
+                            self.stats.record_coalesced();
+                        }
+                        return Ok(info);
+                    }
+                    None => continue,
+                },
                 ComputeState::Failed if waited_for_other => {
                     // The start this wake waited for (another replica's) failed: its reason,
                     // not a second start.
@@ -384,6 +404,117 @@ impl Lifecycle {
                     let _ =
                         tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
                 }
+            }
+        }
+    }
+
+    /// Thaws a frozen compute and records it running: the one place a compute is thawed for
+    /// clients, always before its address is handed out, so no client ever connects to a
+    /// frozen server. The caller holds the project lock, so a herd thaws it once.
+    /// `Ok(None)`: the compute changed meanwhile (another replica, or its server was gone and
+    /// is now recorded suspended): look again.
+    async fn thaw_locked(
+        &self,
+        frozen: &Compute,
+        name: &str,
+    ) -> Result<Option<WakeInfo>, WakeError> {
+        let t0 = Instant::now();
+        let thaw = || {
+            self.driver
+                .thaw(&frozen.project_id, frozen.handle.as_deref())
+                .map_err(|e| {
+                    WakeError::Internal(format!(
+                        "thawing the compute of project '{name}' failed: {e:#}"
+                    ))
+                })
+        };
+        thaw()?;
+        let info = match self.running_info(frozen).await {
+            Liveness::Alive(info) => info,
+            Liveness::Gone => {
+                tracing::warn!(compute_id = %frozen.id, "a frozen compute is gone; restarting it");
+                self.record_lost(frozen, "the compute's server was gone at a thaw")
+                    .await
+                    .map_err(store_failed)?;
+                return Ok(None);
+            }
+            Liveness::Unknown(why) => {
+                return Err(WakeError::Internal(format!(
+                    "the compute of project '{name}' does not answer after a thaw: {why}"
+                )));
+            }
+        };
+        let running = match self
+            .transition(
+                frozen,
+                ComputeState::Running,
+                Some(&info.address),
+                frozen.handle.as_deref(),
+                "thaw",
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_fenced(&e) => return Ok(None),
+            Err(e) => return Err(store_failed(e)),
+        };
+        if self.store.is_shared() {
+            // A replica re-freezing this compute (after adopting it) checks the state after
+            // its freeze; this second thaw, after the state says running, closes the window
+            // between that check and this replica's state change.
+            thaw()?;
+        }
+        if running.roles_dirty {
+            // The roles changed while it was frozen: a thaw is not a start, so they are
+            // applied now, before any client logs in.
+            self.sync_adopted_roles(&frozen.project_id).await;
+        }
+        let took = t0.elapsed();
+        self.stats.record_thaw(took);
+        tracing::info!(address = %info.address, ?took, "compute thawed");
+        let info = WakeInfo {
+            cold_start: ColdStart::Thawed,
+            ..info
+        };
+        self.wake_cache
+            .insert(frozen.project_id.clone(), info.clone());
+        Ok(Some(info))
+    }
+
+    /// Freezes a compute recorded as frozen again after it was thawed for an adoption or a
+    /// check, unless a wake thawed it meanwhile: the state is read after the freeze, and a
+    /// compute no longer recorded frozen at that epoch is thawed again (see
+    /// [`Lifecycle::thaw_locked`]).
+    pub(crate) async fn refreeze(&self, frozen: &Compute) -> anyhow::Result<()> {
+        self.driver
+            .freeze(&frozen.project_id, frozen.handle.as_deref())
+            .await?;
+        let now = self.store.compute_for_project(&frozen.project_id).await?;
+        if now.as_ref().map(|c| (c.state, c.epoch)) != Some((ComputeState::Frozen, frozen.epoch)) {
+            self.driver
+                .thaw(&frozen.project_id, frozen.handle.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// After an adoption (which thaws): freezes a compute recorded frozen again; when that
+    /// fails it is recorded running, so the state never claims a freeze that is not there.
+    async fn refreeze_adopted(&self, c: &Compute) {
+        match self.refreeze(c).await {
+            Ok(()) => self.stats.record_freeze("adopted"),
+            Err(e) => {
+                tracing::warn!(project_id = %c.project_id, error = %format!("{e:#}"),
+                    "freezing an adopted compute again failed; it is recorded running");
+                let _ = self.driver.thaw(&c.project_id, c.handle.as_deref());
+                let _ = self
+                    .transition(
+                        c,
+                        ComputeState::Running,
+                        c.address.as_deref(),
+                        c.handle.as_deref(),
+                        "adopted",
+                    )
+                    .await;
             }
         }
     }
@@ -689,9 +820,18 @@ impl Lifecycle {
         };
         if !matches!(
             compute.state,
-            ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+            ComputeState::Running
+                | ComputeState::Starting
+                | ComputeState::Suspending
+                | ComputeState::Frozen
         ) {
             return Ok(Some(compute));
+        }
+        if compute.state == ComputeState::Frozen {
+            // A frozen server handles neither SIGTERM nor doze's session count: thawed first,
+            // then stopped like a running one.
+            self.driver
+                .thaw(&compute.project_id, compute.handle.as_deref())?;
         }
         if self.store.is_shared()
             && matches!(
@@ -737,6 +877,165 @@ impl Lifecycle {
             self.stats.record_suspend(reason);
             tracing::info!("compute suspended");
             Ok(Some(done))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Freezes the project's compute if it runs and nothing uses it: no session through any
+    /// replica and none connected to the compute directly (a latch held by a frozen session
+    /// is what InnoDB's semaphore watchdog would trip on). Returns the compute as it is
+    /// afterwards.
+    pub(crate) async fn freeze_project(
+        &self,
+        project_id: &str,
+        reason: &str,
+    ) -> Result<Option<Compute>, ControlError> {
+        let slot = self.slot(project_id);
+        let _guard = slot.lock.lock().await;
+        self.freeze_locked(project_id, reason).await
+    }
+
+    async fn freeze_locked(
+        &self,
+        project_id: &str,
+        reason: &str,
+    ) -> Result<Option<Compute>, ControlError> {
+        if self.driver.freezer().is_none() {
+            return Err(ControlError::Invalid(
+                "this doze cannot freeze computes (the Kubernetes driver, or --freezer off); suspend with mode=stop"
+                    .to_owned(),
+            ));
+        }
+        self.invalidate(project_id);
+        let proxied = self
+            .activity
+            .get(project_id)
+            .map(|a| a.sessions())
+            .unwrap_or(0)
+            + self.replicas.remote_activity(project_id).0;
+        if proxied > 0 {
+            return Err(ControlError::SessionsOpen {
+                project: project_id.to_owned(),
+                sessions: proxied,
+            });
+        }
+        let Some(compute) = self.store.compute_for_project(project_id).await? else {
+            return Ok(None);
+        };
+        if compute.state != ComputeState::Running {
+            return Ok(Some(compute));
+        }
+        match self.running_info(&compute).await {
+            Liveness::Alive(_) => {}
+            Liveness::Gone => {
+                self.record_lost(&compute, "the compute's server was gone at a freeze")
+                    .await?;
+                return self
+                    .store
+                    .compute_for_project(project_id)
+                    .await
+                    .map_err(Into::into);
+            }
+            Liveness::Unknown(why) => {
+                return Err(ControlError::Conflict(format!(
+                    "the compute of project {project_id} does not answer ({why}); not freezing it"
+                )));
+            }
+        }
+        let span = tracing::info_span!("freeze", project_id = %project_id, compute_id = %compute.id, reason);
+        async {
+            let shared = self.store.is_shared();
+            // With several replicas the state is announced first, so the others drop the
+            // address and send their new clients through a thaw.
+            let announced = if shared {
+                let frozen = self
+                    .transition(
+                        &compute,
+                        ComputeState::Frozen,
+                        compute.address.as_deref(),
+                        compute.handle.as_deref(),
+                        reason,
+                    )
+                    .await?;
+                tokio::time::sleep(SUSPEND_SETTLE).await;
+                Some(frozen)
+            } else {
+                None
+            };
+            let back_to_running = |err: ControlError| async {
+                if let Some(frozen) = &announced {
+                    let _ = self
+                        .transition(
+                            frozen,
+                            ComputeState::Running,
+                            compute.address.as_deref(),
+                            compute.handle.as_deref(),
+                            reason,
+                        )
+                        .await;
+                }
+                Err(err)
+            };
+            let direct = match self.driver.client_sessions(project_id).await {
+                Ok(n) => n,
+                Err(e) => {
+                    return back_to_running(ControlError::Conflict(format!(
+                        "cannot count the sessions of project {project_id}'s compute before freezing it ({e:#}); it keeps running"
+                    )))
+                    .await;
+                }
+            };
+            if direct > 0 {
+                self.activity.project(project_id).touch();
+                return back_to_running(ControlError::SessionsOpen {
+                    project: project_id.to_owned(),
+                    sessions: direct,
+                })
+                .await;
+            }
+            if let Err(e) = self
+                .driver
+                .freeze(project_id, compute.handle.as_deref())
+                .await
+            {
+                let _ = self.driver.thaw(project_id, compute.handle.as_deref());
+                return back_to_running(ControlError::Internal(e.context("freezing the compute")))
+                    .await;
+            }
+            let frozen = match announced {
+                Some(frozen) => {
+                    // A wake on another replica may have thawed it between the announcement
+                    // and the freeze: then it runs, and stays thawed.
+                    let now = self.store.compute_for_project(project_id).await?;
+                    if now.as_ref().map(|c| (c.state, c.epoch))
+                        != Some((ComputeState::Frozen, frozen.epoch))
+                    {
+                        self.driver.thaw(project_id, compute.handle.as_deref())?;
+                        return Ok(now);
+                    }
+                    frozen
+                }
+                None => match self
+                    .transition(
+                        &compute,
+                        ComputeState::Frozen,
+                        compute.address.as_deref(),
+                        compute.handle.as_deref(),
+                        reason,
+                    )
+                    .await
+                {
+                    Ok(frozen) => frozen,
+                    Err(e) => {
+                        self.driver.thaw(project_id, compute.handle.as_deref())?;
+                        return Err(e.into());
+                    }
+                },
+            };
+            self.stats.record_freeze(reason);
+            tracing::info!(freezer = self.driver.freezer().unwrap_or("none"), "compute frozen");
+            Ok(Some(frozen))
         }
         .instrument(span)
         .await
@@ -822,7 +1121,10 @@ impl Lifecycle {
         for c in computes {
             if matches!(
                 c.state,
-                ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+                ComputeState::Running
+                    | ComputeState::Starting
+                    | ComputeState::Suspending
+                    | ComputeState::Frozen
             ) && let Err(e) = self.suspend_project(&c.project_id, "shutdown", false).await
             {
                 tracing::error!(project_id = %c.project_id, compute_id = %c.id, error = %e, "shutdown: stopping compute failed");
@@ -842,7 +1144,7 @@ impl Lifecycle {
                 // Another replica is starting or suspending it right now.
                 continue;
             }
-            if shared && c.state == ComputeState::Running {
+            if shared && matches!(c.state, ComputeState::Running | ComputeState::Frozen) {
                 // Other replicas may be serving it: adopt it into this replica's driver, and
                 // write nothing (the leader's liveness check records it if it is gone).
                 let recorded = c.address.clone().map(|address| Running {
@@ -850,6 +1152,11 @@ impl Lifecycle {
                     handle: c.handle.clone(),
                 });
                 match self.driver.adopt(&c.project_id, recorded).await {
+                    Ok(Some(_)) if c.state == ComputeState::Frozen => {
+                        // Adoption thawed it to check it: frozen again, unless a wake on
+                        // another replica thawed it meanwhile.
+                        self.refreeze_adopted(&c).await;
+                    }
                     Ok(Some(_)) => {}
                     // Certainly gone: recorded as lost, fenced (a replica that started it
                     // again meanwhile wins).
@@ -879,7 +1186,10 @@ impl Lifecycle {
                     tracing::warn!(project_id = %c.project_id, compute_id = %c.id, error = %msg, "adopting a compute failed; marking it suspended");
                     if matches!(
                         c.state,
-                        ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+                        ComputeState::Running
+                            | ComputeState::Starting
+                            | ComputeState::Suspending
+                            | ComputeState::Frozen
                     ) && let Err(e) = self
                         .transition_with_error(&c, ComputeState::Suspended, &msg, "reconcile")
                         .await
@@ -905,6 +1215,14 @@ impl Lifecycle {
                         self.sync_adopted_roles(&c.project_id).await;
                     }
                 }
+                Some(run)
+                    if c.state == ComputeState::Frozen
+                        && c.address.as_deref() == Some(run.address.as_str()) =>
+                {
+                    tracing::info!(address = %run.address, "adopted a frozen compute");
+                    drop(_e);
+                    self.refreeze_adopted(&c).await;
+                }
                 Some(run) => {
                     tracing::info!(address = %run.address, "adopted a compute still running from a previous run");
                     drop(_e);
@@ -928,7 +1246,10 @@ impl Lifecycle {
                 }
                 None if matches!(
                     c.state,
-                    ComputeState::Running | ComputeState::Starting | ComputeState::Suspending
+                    ComputeState::Running
+                        | ComputeState::Starting
+                        | ComputeState::Suspending
+                        | ComputeState::Frozen
                 ) =>
                 {
                     tracing::info!("compute from a previous run is gone; marking it suspended");

@@ -4,7 +4,8 @@
 
 use metrics_exporter_prometheus::Matcher;
 
-/// Histogram, label `outcome` = warm | resumed | failed: time to answer a wake.
+/// Histogram, labels `outcome` = warm | resumed | thawed | failed and `from` = running |
+/// frozen | stopped | unknown (what the compute was woken from): time to answer a wake.
 pub const WAKE_DURATION: &str = "doze_wake_duration_seconds";
 /// Counter: successful compute starts.
 pub const COMPUTE_STARTS: &str = "doze_compute_starts_total";
@@ -20,6 +21,15 @@ pub const SUSPENDS: &str = "doze_suspends_total";
 pub const COMPUTES_LOST: &str = "doze_computes_lost_total";
 /// Counter: idle suspends skipped because clients were connected to the compute directly.
 pub const DIRECT_SESSIONS_SEEN: &str = "doze_idle_suspends_skipped_direct_sessions_total";
+
+/// Counter, label `reason` = idle | api | adopted: computes frozen.
+pub const FREEZES: &str = "doze_freezes_total";
+/// Histogram: time to thaw a frozen compute for a wake (thaw, liveness check, state change).
+pub const THAW_DURATION: &str = "doze_thaw_duration_seconds";
+/// Gauge: memory held by frozen computes, in bytes (what `--frozen-memory-budget` bounds).
+pub const FROZEN_MEMORY: &str = "doze_frozen_memory_bytes";
+/// Gauge: the frozen memory budget in bytes (0: none).
+pub const FROZEN_MEMORY_BUDGET: &str = "doze_frozen_memory_budget_bytes";
 
 /// Gauge: replicas whose heartbeat is fresh (this one included).
 pub const REPLICAS_LIVE: &str = "doze_replicas_live";
@@ -48,7 +58,23 @@ pub fn describe() {
     metrics::describe_histogram!(
         WAKE_DURATION,
         metrics::Unit::Seconds,
-        "Time to answer a wake, by outcome (warm, resumed, failed)"
+        "Time to answer a wake, by outcome (warm, resumed, thawed, failed) and by what the compute was woken from (running, frozen, stopped)"
+    );
+    metrics::describe_counter!(FREEZES, "Computes frozen, by reason (idle, api, adopted)");
+    metrics::describe_histogram!(
+        THAW_DURATION,
+        metrics::Unit::Seconds,
+        "Time to thaw a frozen compute for a wake"
+    );
+    metrics::describe_gauge!(
+        FROZEN_MEMORY,
+        metrics::Unit::Bytes,
+        "Memory held by frozen computes"
+    );
+    metrics::describe_gauge!(
+        FROZEN_MEMORY_BUDGET,
+        metrics::Unit::Bytes,
+        "Frozen memory above which the least recently used frozen computes are stopped (0: no budget)"
     );
     metrics::describe_counter!(COMPUTE_STARTS, "Compute starts that succeeded");
     metrics::describe_histogram!(

@@ -2,6 +2,7 @@
 //! resumed, and a project's storage removed, each under the project's lock.
 
 use crate::activity::now_ms;
+use crate::config::SuspendMode;
 use crate::driver::ComputeSpec;
 use crate::error::ControlError;
 use crate::gateway::WakeInfo;
@@ -125,11 +126,23 @@ impl Lifecycle {
         Ok(current)
     }
 
-    /// Suspends a compute now; 409 while client sessions are open.
-    pub async fn suspend_compute(&self, id: &str) -> Result<Compute, ControlError> {
+    /// Suspends a compute now: stops it (a frozen one is thawed and stopped) or freezes it;
+    /// 409 while client sessions are open.
+    pub async fn suspend_compute(
+        &self,
+        id: &str,
+        mode: SuspendMode,
+    ) -> Result<Compute, ControlError> {
         let compute = self.compute(id).await?;
-        self.suspend_project(&compute.project_id, "api", true)
-            .await?;
+        match mode {
+            SuspendMode::Stop => {
+                self.suspend_project(&compute.project_id, "api", true)
+                    .await?;
+            }
+            SuspendMode::Freeze => {
+                self.freeze_project(&compute.project_id, "api").await?;
+            }
+        }
         self.compute(id).await
     }
 

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::config::SuspendMode;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -374,6 +375,8 @@ fn compute_json(c: &Compute) -> Value {
         "created_at": rfc3339(c.created_at),
         "updated_at": rfc3339(c.updated_at),
         "last_error": c.last_error,
+        // Filled in by GET /api/v1/compute/{id} only (it reads /proc or the cgroup).
+        "memory_bytes": null,
     })
 }
 
@@ -456,7 +459,10 @@ async fn get_compute(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(compute_json(&s.plane.compute(&id).await?)))
+    let c = s.plane.compute(&id).await?;
+    let mut body = compute_json(&c);
+    body["memory_bytes"] = json!(s.plane.compute_memory(&c));
+    Ok(Json(body))
 }
 
 async fn delete_compute(
@@ -467,11 +473,25 @@ async fn delete_compute(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize)]
+struct SuspendQuery {
+    mode: Option<String>,
+}
+
 async fn suspend_compute(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<SuspendQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(compute_json(&s.plane.suspend_compute(&id).await?)))
+    let mode = match q.mode.as_deref() {
+        None | Some("") => SuspendMode::Stop,
+        Some(m) => m
+            .parse()
+            .map_err(|e: anyhow::Error| ControlError::Invalid(format!("mode: {e}")))?,
+    };
+    Ok(Json(compute_json(
+        &s.plane.suspend_compute_with(&id, mode).await?,
+    )))
 }
 
 async fn resume_compute(

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::activity::now_ms;
+use crate::config::SuspendMode;
 use crate::error::ControlError;
 use crate::lifecycle::Lifecycle;
 use crate::metrics as m;
@@ -71,6 +72,19 @@ impl Lifecycle {
         }
     }
 
+    /// What an idle compute of a project becomes: its `config.suspend_mode` or the default,
+    /// and always a stop where the driver cannot freeze.
+    pub(crate) fn suspend_mode_of(&self, config: &serde_json::Value) -> SuspendMode {
+        if self.driver.freezer().is_none() {
+            return SuspendMode::Stop;
+        }
+        config
+            .get("suspend_mode")
+            .and_then(|v| v.as_str())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(self.cfg.frozen.suspend_mode)
+    }
+
     /// Finds computes recorded as running whose server is gone and records them suspended
     /// (event reason "lost"), so that state, metrics and the address cache stop pointing at a
     /// dead address and the next connection starts the compute again. Returns how many.
@@ -79,7 +93,16 @@ impl Lifecycle {
         for c in self.store.list_computes().await? {
             // Only what is certainly gone: a compute the driver cannot check now (a server
             // slow to greet, an API error) is left alone.
-            if c.state != ComputeState::Running || !self.is_gone(&c).await {
+            let gone = match c.state {
+                ComputeState::Running => self.is_gone(&c).await,
+                // A frozen compute is only checked where this process runs it (a check by
+                // adoption would thaw it); on one replica that is every frozen compute.
+                ComputeState::Frozen => {
+                    !self.store.is_shared() && !self.driver.is_alive(&c.project_id)
+                }
+                _ => false,
+            };
+            if !gone {
                 continue;
             }
             let slot = self.slot(&c.project_id);
@@ -87,7 +110,12 @@ impl Lifecycle {
             let Some(current) = self.store.compute_for_project(&c.project_id).await? else {
                 continue;
             };
-            if current.state != ComputeState::Running || !self.is_gone(&current).await {
+            let still_gone = match current.state {
+                ComputeState::Running => self.is_gone(&current).await,
+                ComputeState::Frozen => !self.driver.is_alive(&c.project_id),
+                _ => false,
+            };
+            if !still_gone {
                 continue;
             }
             if !self
@@ -138,7 +166,9 @@ impl Lifecycle {
         }
     }
 
-    /// One scheduler pass. Returns how many computes it suspended.
+    /// One scheduler pass: idle computes are frozen or stopped, computes frozen for
+    /// `--stop-after` are stopped, and so are the least recently used frozen ones while frozen
+    /// memory exceeds its budget. Returns how many computes it froze or stopped.
     pub async fn suspend_idle(&self) -> anyhow::Result<usize> {
         let projects: HashMap<String, serde_json::Value> = self
             .store
@@ -150,12 +180,24 @@ impl Lifecycle {
         let now = now_ms();
         let mut suspended = 0;
         for c in self.store.list_computes().await? {
-            if c.state != ComputeState::Running {
-                continue;
-            }
             let Some(config) = projects.get(&c.project_id) else {
                 continue;
             };
+            if c.state == ComputeState::Frozen {
+                let stop_after = self.cfg.frozen.stop_after;
+                let frozen_for = now.saturating_sub(u64::try_from(c.updated_at).unwrap_or(0));
+                if !stop_after.is_zero()
+                    && u128::from(frozen_for) >= stop_after.as_millis()
+                    && self.replicas.confirm_leader().await
+                    && self.stop_frozen(&c, "stop-after").await
+                {
+                    suspended += 1;
+                }
+                continue;
+            }
+            if c.state != ComputeState::Running {
+                continue;
+            }
             let idle = self.idle_timeout_of(config);
             if idle.is_zero() {
                 continue;
@@ -180,7 +222,11 @@ impl Lifecycle {
                 tracing::info!("no longer the scheduler's leader; stopping this pass");
                 break;
             }
-            match self.suspend_project(&c.project_id, "idle", true).await {
+            let done = match self.suspend_mode_of(config) {
+                SuspendMode::Freeze => self.freeze_project(&c.project_id, "idle").await,
+                SuspendMode::Stop => self.suspend_project(&c.project_id, "idle", true).await,
+            };
+            match done {
                 Ok(_) => suspended += 1,
                 Err(ControlError::SessionsOpen { .. }) => {
                     tracing::debug!(project_id = %c.project_id, "a session opened; not suspending");
@@ -190,6 +236,64 @@ impl Lifecycle {
                 }
             }
         }
+        suspended += self.enforce_frozen_budget().await?;
         Ok(suspended)
+    }
+
+    /// Stops a frozen compute (thawed first). True when it was stopped.
+    async fn stop_frozen(&self, c: &Compute, reason: &str) -> bool {
+        match self.suspend_project(&c.project_id, reason, true).await {
+            Ok(_) => {
+                tracing::info!(project_id = %c.project_id, compute_id = %c.id, reason, "stopped a frozen compute");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(project_id = %c.project_id, compute_id = %c.id, reason, error = %e, "stopping a frozen compute failed");
+                false
+            }
+        }
+    }
+
+    /// Reads frozen computes' memory (for the gauge) and, above `--frozen-memory-budget`,
+    /// stops the least recently used ones (frozen the longest) until the rest fit.
+    pub async fn enforce_frozen_budget(&self) -> anyhow::Result<usize> {
+        let budget = Some(self.frozen_budget.load(Ordering::Relaxed)).filter(|b| *b != u64::MAX);
+        metrics::gauge!(m::FROZEN_MEMORY_BUDGET).set(budget.unwrap_or(0) as f64);
+        let mut frozen: Vec<(Compute, u64)> = self
+            .store
+            .list_computes()
+            .await?
+            .into_iter()
+            .filter(|c| c.state == ComputeState::Frozen)
+            .map(|c| {
+                let bytes = self
+                    .driver
+                    .memory_bytes(&c.project_id, c.handle.as_deref())
+                    .unwrap_or(0);
+                (c, bytes)
+            })
+            .collect();
+        let mut total: u64 = frozen.iter().map(|(_, b)| b).sum();
+        metrics::gauge!(m::FROZEN_MEMORY).set(total as f64);
+        let Some(budget) = budget else {
+            return Ok(0);
+        };
+        if total <= budget {
+            return Ok(0);
+        }
+        frozen.sort_by_key(|(c, _)| c.updated_at);
+        let mut stopped = 0;
+        for (c, bytes) in frozen {
+            if total <= budget || !self.replicas.confirm_leader().await {
+                break;
+            }
+            tracing::info!(project_id = %c.project_id, bytes, total, budget, "frozen memory over budget; stopping the least recently used frozen compute");
+            if self.stop_frozen(&c, "memory-budget").await {
+                total = total.saturating_sub(bytes);
+                stopped += 1;
+            }
+        }
+        metrics::gauge!(m::FROZEN_MEMORY).set(total as f64);
+        Ok(stopped)
     }
 }

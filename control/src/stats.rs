@@ -19,6 +19,10 @@ pub struct Stats {
     pub start_failures: AtomicU64,
     /// Role lookups that went to the store (cache misses, after coalescing).
     pub role_loads: AtomicU64,
+    /// Computes frozen.
+    pub freezes: AtomicU64,
+    /// Frozen computes thawed for clients (one per herd).
+    pub thaws: AtomicU64,
 }
 
 impl Stats {
@@ -53,5 +57,17 @@ impl Stats {
     pub(crate) fn record_suspend(&self, reason: &str) {
         Self::bump(&self.suspends);
         metrics::counter!(crate::metrics::SUSPENDS, "reason" => reason.to_owned()).increment(1);
+    }
+
+    /// A compute was frozen, for `reason`.
+    pub(crate) fn record_freeze(&self, reason: &str) {
+        Self::bump(&self.freezes);
+        metrics::counter!(crate::metrics::FREEZES, "reason" => reason.to_owned()).increment(1);
+    }
+
+    /// A frozen compute was thawed for a wake, after `took`.
+    pub(crate) fn record_thaw(&self, took: std::time::Duration) {
+        Self::bump(&self.thaws);
+        metrics::histogram!(crate::metrics::THAW_DURATION).record(took.as_secs_f64());
     }
 }

@@ -127,15 +127,18 @@ pub enum ComputeState {
     Running,
     Suspending,
     Failed,
+    /// Running but frozen by the driver: no CPU, memory and address kept. A wake thaws it.
+    Frozen,
 }
 
 impl ComputeState {
-    pub const ALL: [ComputeState; 5] = [
+    pub const ALL: [ComputeState; 6] = [
         ComputeState::Suspended,
         ComputeState::Starting,
         ComputeState::Running,
         ComputeState::Suspending,
         ComputeState::Failed,
+        ComputeState::Frozen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +148,7 @@ impl ComputeState {
             ComputeState::Running => "running",
             ComputeState::Suspending => "suspending",
             ComputeState::Failed => "failed",
+            ComputeState::Frozen => "frozen",
         }
     }
 }

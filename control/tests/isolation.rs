@@ -425,7 +425,10 @@ async fn direct_sessions_on_a_compute_hold_off_the_idle_suspend() {
     let env = sqlite_env(|_| {}).await;
     let plane = &env.plane;
     let (p, cid) = env
-        .project_with_config("direct", serde_json::json!({"idle_timeout": 0.05}))
+        .project_with_config(
+            "direct",
+            serde_json::json!({"idle_timeout": 0.05, "suspend_mode": "stop"}),
+        )
         .await;
     plane.create_role(&p, "app", "pw").await.expect("role");
     let address = plane.wake(&p).await.expect("wake").address;

@@ -195,7 +195,12 @@ async fn one_leader_and_a_session_on_another_replica_keeps_the_compute_awake() {
         "{listed}"
     );
 
-    let (project, compute) = new_project(a, "kept", json!({"idle_timeout": 1})).await;
+    let (project, compute) = new_project(
+        a,
+        "kept",
+        json!({"idle_timeout": 1, "suspend_mode": "stop"}),
+    )
+    .await;
     b.wake(&project).await.expect("wake through b");
     // A session through b, for longer than the idle timeout.
     let session = b.activity().project(&project).open_session();
@@ -411,4 +416,48 @@ async fn clients_arriving_through_one_replica_during_a_suspend_through_another_a
         starts(&a, &compute).await >= 2,
         "the suspends happened and b woke the compute again"
     );
+}
+
+/// Whether the server at `address` greets within 200 ms (a frozen one does not).
+async fn greets(address: &str) -> bool {
+    use tokio::io::AsyncReadExt;
+    let within = Duration::from_millis(200);
+    let Ok(Ok(mut sock)) =
+        tokio::time::timeout(within, tokio::net::TcpStream::connect(address)).await
+    else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, sock.read(&mut byte)).await,
+        Ok(Ok(1))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_one_replica_froze_is_thawed_by_another() {
+    let c = replicas(2, |_| {}).await;
+    let (a, b) = (&c.planes[0], &c.planes[1]);
+    let (project, compute) = new_project(a, "chill", json!({})).await;
+    a.create_role(&project, "app", "app-password-1")
+        .await
+        .expect("role");
+    let first = a.wake(&project).await.expect("wake on a");
+    // b has the address cached too, until a's freeze tells it otherwise.
+    b.wake(&project).await.expect("wake on b");
+    let frozen = a.freeze_compute(&compute).await.expect("freeze on a");
+    assert_eq!(frozen.state, ComputeState::Frozen);
+    assert!(!greets(&first.address).await, "frozen");
+    // b never hands out the frozen address: its cache was dropped, and its wake thaws.
+    let info = b.wake(&project).await.expect("wake on b");
+    assert_eq!(info.cold_start, doze_control::gateway::ColdStart::Thawed);
+    assert_eq!(info.address, first.address, "the same server, thawed");
+    assert_eq!(select_one(&info.address, "app", "app-password-1").await, 1);
+    let now = a.compute(&compute).await.expect("compute");
+    assert_eq!(now.state, ComputeState::Running);
+    assert_eq!(starts(a, &compute).await, 1, "a thaw is not a start");
+    // a's next wake is served warm from the store's state, without a second thaw.
+    let again = a.wake(&project).await.expect("wake on a");
+    assert_eq!(again.address, first.address);
+    assert_eq!(a.stats().thaws.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

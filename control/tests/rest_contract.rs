@@ -333,6 +333,48 @@ async fn contract(env: &Env) {
     let got = call(r, "GET", &format!("/api/v1/compute/{cid}"), None, None).await;
     assert_eq!(got.1["state"], "running");
     assert_eq!(got.1["address"], address.as_str());
+    assert!(
+        got.1["memory_bytes"].as_u64().is_some_and(|b| b > 1 << 20),
+        "a running compute's memory: {}",
+        got.1
+    );
+
+    // --- freeze / thaw ---
+    let resp = call(
+        r,
+        "POST",
+        &format!("/api/v1/compute/{cid}/suspend?mode=nap"),
+        None,
+        None,
+    )
+    .await;
+    assert_error(&resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    let resp = call(
+        r,
+        "POST",
+        &format!("/api/v1/compute/{cid}/suspend?mode=freeze"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(resp.0, StatusCode::OK, "{}", resp.1);
+    assert_eq!(resp.1["state"], "frozen");
+    assert_eq!(
+        resp.1["address"],
+        address.as_str(),
+        "a frozen compute keeps its address"
+    );
+    let thawed = call(
+        r,
+        "GET",
+        &format!("/api/v1/wake_compute?endpointish={pid}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(thawed.1["cold_start"], "thawed", "{}", thawed.1);
+    assert_eq!(thawed.1["address"], address.as_str());
+    assert_eq!(select_one(&address, "app", "s3cret-pw").await, 1);
 
     // --- suspend / resume ---
     let resp = call(

@@ -14,7 +14,10 @@ async fn suspend_is_refused_while_sessions_are_open() {
     let env = sqlite_env(|_| {}).await;
     let plane = &env.plane;
     let (pid, cid) = env
-        .project_with_config("busy", serde_json::json!({"idle_timeout": 1}))
+        .project_with_config(
+            "busy",
+            serde_json::json!({"idle_timeout": 1, "suspend_mode": "stop"}),
+        )
         .await;
     plane
         .create_role(&pid, "app", "busy-pw")
@@ -103,7 +106,10 @@ async fn idle_computes_are_suspended_but_not_while_a_session_is_open() {
     .await;
     let plane = &env.plane;
     let (pid, cid) = env
-        .project_with_config("sleepy", serde_json::json!({"idle_timeout": 1}))
+        .project_with_config(
+            "sleepy",
+            serde_json::json!({"idle_timeout": 1, "suspend_mode": "stop"}),
+        )
         .await;
     // A second project keeps the default (1 hour): never suspended here.
     let (other_pid, other_cid) = env.project_with_compute("awake", "app", "pw").await;

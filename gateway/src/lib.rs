@@ -44,6 +44,8 @@ pub enum ColdStart {
     Warm,
     /// The compute was started (or its start was joined) for this request.
     Resumed,
+    /// The compute was frozen and thawed for this request (or its thaw was joined).
+    Thawed,
 }
 
 impl ColdStart {
@@ -51,6 +53,7 @@ impl ColdStart {
         match self {
             ColdStart::Warm => "warm",
             ColdStart::Resumed => "resumed",
+            ColdStart::Thawed => "thawed",
         }
     }
 }

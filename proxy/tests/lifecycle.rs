@@ -228,7 +228,10 @@ async fn idle_compute_is_suspended_but_never_under_an_open_session() {
     .await;
     let scheduler = env.plane.spawn_scheduler();
     let compute = env
-        .project("sleepy", serde_json::json!({"idle_timeout": 1}))
+        .project(
+            "sleepy",
+            serde_json::json!({"idle_timeout": 1, "suspend_mode": "stop"}),
+        )
         .await;
     let mut conn = connect(env.proxy.addr, "sleepy.app", None).await.unwrap();
     // An open (idle) session keeps it running well past the idle timeout.

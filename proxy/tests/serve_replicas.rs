@@ -173,7 +173,11 @@ async fn after_a_kill_9_of_the_leader_another_replica_suspends_idle_computes() {
         .to_owned();
     let leader = if leader_id == "r0" { 0 } else { 1 };
     let other = 1 - leader;
-    let (_, compute) = r[other].project("idle", json!({"idle_timeout": 2}), json!({}));
+    let (_, compute) = r[other].project(
+        "idle",
+        json!({"idle_timeout": 2, "suspend_mode": "stop"}),
+        json!({}),
+    );
     assert_eq!(select_one(&r[other], "idle").await.unwrap(), 1);
     r[leader].kill9();
     let killed = Instant::now();

@@ -34,6 +34,7 @@ use tokio::process::Child;
 
 use super::{BoxFuture, ComputeDriver, ComputeSpec, RoleOp, Running};
 use crate::driver::accounts;
+use crate::driver::freezer::Freezer;
 use crate::driver::mariadb::{self, ServerSpec, TRAVERSE_ONLY_DIR};
 
 /// The uids (and gids) computes run as when doze is root: far above the ranges distributions
@@ -67,6 +68,8 @@ pub struct LocalDriver {
     uids: Mutex<()>,
     /// Serialises setting root passwords on running older computes.
     sealing: tokio::sync::Mutex<()>,
+    /// How computes are frozen; `None`: they are not.
+    freezer: Option<Freezer>,
 }
 
 impl LocalDriver {
@@ -85,6 +88,39 @@ impl LocalDriver {
             instances: Mutex::new(HashMap::new()),
             uids: Mutex::new(()),
             sealing: tokio::sync::Mutex::new(()),
+            freezer: None,
+        }
+    }
+
+    /// Lets the driver freeze computes with `freezer`.
+    pub fn with_freezer(mut self, freezer: Option<Freezer>) -> Self {
+        self.freezer = freezer;
+        self
+    }
+
+    /// The pid of the project's server: the one this driver runs, else the recorded handle.
+    fn pid_of(&self, project_id: &str, handle: Option<&str>) -> Option<u32> {
+        self.instances()
+            .get(project_id)
+            .map(|i| i.pid)
+            .or_else(|| handle.and_then(|h| h.parse().ok()))
+    }
+
+    /// Thaws whatever server serves the project (before a stop or an adoption: a frozen
+    /// process neither handles SIGTERM nor answers a probe).
+    fn thaw_any(&self, project_id: &str, pid: Option<u32>) {
+        if let Some(freezer) = &self.freezer {
+            let pid = pid.or_else(|| self.find_leftover(project_id, None));
+            if let Some(pid) = pid
+                && let Err(e) = freezer.thaw(project_id, pid)
+            {
+                tracing::warn!(project_id, pid, error = %format!("{e:#}"), "thawing the compute failed");
+            }
+        } else if let Some(pid) = pid.or_else(|| self.find_leftover(project_id, None))
+            && crate::driver::freezer::process_state(pid) == Some('T')
+        {
+            // Frozen by signal by an earlier doze that could freeze: resumed all the same.
+            mariadb::signal_pid(pid as i32, Signal::SIGCONT);
         }
     }
 
@@ -215,6 +251,15 @@ impl LocalDriver {
         spec.max_allowed_packet = self.max_allowed_packet.clone();
         spec.buffer_pool = buffer_pool_for(config)?;
         spec.extra_args = mariadb_options(config)?;
+        if self.freezer.is_some() {
+            // InnoDB aborts the server when a latch wait passes this threshold (600 s by
+            // default), and a wait that spans a freeze counts the frozen time: the maximum
+            // keeps a thaw hours later from killing the server.
+            spec.extra_args.insert(
+                0,
+                "--innodb-fatal-semaphore-wait-threshold=4294967295".to_owned(),
+            );
+        }
         Ok(spec)
     }
 
@@ -296,6 +341,7 @@ impl LocalDriver {
                 pid,
                 "stopping a leftover mariadbd before starting"
             );
+            self.thaw_any(project_id, Some(pid));
             stop_pid(pid, self.stop_timeout).await;
         }
         self.prepare_project_dir(project_id)?;
@@ -306,6 +352,12 @@ impl LocalDriver {
             let server = self.server_spec(project_id, &spec.config, port)?;
             let mut child = server.spawn()?;
             let pid = child.id().context("mariadbd exited at once")?;
+            if let Some(freezer) = &self.freezer
+                && let Err(e) = freezer.enter(project_id, pid, memory_limit(&spec.config))
+            {
+                let _ = mariadb::stop_child(&mut child, Duration::from_secs(2)).await;
+                return Err(e.context("placing the compute in its cgroup"));
+            }
             match mariadb::wait_for_greeting(
                 port,
                 &mut child,
@@ -351,6 +403,8 @@ impl LocalDriver {
     }
 
     async fn stop_inner(&self, project_id: &str) -> anyhow::Result<()> {
+        let pid = self.instances().get(project_id).map(|i| i.pid);
+        self.thaw_any(project_id, pid);
         let instance = self.instances().remove(project_id);
         let stopped = match instance {
             Some(Instance {
@@ -368,7 +422,11 @@ impl LocalDriver {
         // Whatever else serves the datadir (a server another replica started since this one
         // last knew it, one left by a previous run) stops too: stopped means stopped.
         if let Some(pid) = self.find_leftover(project_id, None) {
+            self.thaw_any(project_id, Some(pid));
             stop_pid(pid, self.stop_timeout).await;
+        }
+        if let Some(freezer) = &self.freezer {
+            freezer.release(project_id);
         }
         stopped
     }
@@ -399,6 +457,10 @@ impl LocalDriver {
         let Some(pid) = self.find_leftover(project_id, recorded_pid) else {
             return Ok(None);
         };
+        // A server frozen by a previous doze (or by another replica) answers nothing until
+        // thawed: adoption thaws it, and the lifecycle freezes it again if it was recorded
+        // frozen. Never left frozen by nobody.
+        self.thaw_any(project_id, Some(pid));
         let args = cmdline(pid);
         let port = arg_value(&args, "--port").and_then(|p| p.parse::<u16>().ok());
         let socket = arg_value(&args, "--socket").map(PathBuf::from);
@@ -560,6 +622,56 @@ impl ComputeDriver for LocalDriver {
     fn destroy_storage<'a>(&'a self, project_id: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(self.destroy_inner(project_id))
     }
+
+    fn freezer(&self) -> Option<&'static str> {
+        self.freezer.as_ref().map(Freezer::name)
+    }
+
+    fn freeze<'a>(
+        &'a self,
+        project_id: &'a str,
+        handle: Option<&'a str>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let freezer = self
+                .freezer
+                .as_ref()
+                .context("freezing is off for this doze (--freezer off)")?;
+            let pid = self
+                .pid_of(project_id, handle)
+                .with_context(|| format!("the compute of project {project_id} is not running"))?;
+            if !serves_datadir(pid, &self.datadir(project_id)) {
+                bail!("pid {pid} is not this compute's server; not freezing it");
+            }
+            freezer.freeze(project_id, pid).await
+        })
+    }
+
+    fn thaw(&self, project_id: &str, handle: Option<&str>) -> anyhow::Result<()> {
+        let Some(freezer) = &self.freezer else {
+            return Ok(());
+        };
+        match self.pid_of(project_id, handle) {
+            Some(pid) => freezer.thaw(project_id, pid),
+            None => Ok(()),
+        }
+    }
+
+    fn memory_bytes(&self, project_id: &str, handle: Option<&str>) -> Option<u64> {
+        let pid = self.pid_of(project_id, handle)?;
+        match &self.freezer {
+            Some(f) => f.memory_bytes(project_id, pid),
+            None => crate::driver::freezer::resident_bytes(pid),
+        }
+    }
+}
+
+/// `resources.memory` in bytes, the compute cgroup's memory limit where one can be set.
+fn memory_limit(config: &serde_json::Value) -> Option<u64> {
+    config
+        .pointer("/resources/memory")
+        .and_then(|v| v.as_str())
+        .and_then(parse_memory)
 }
 
 /// In a user namespace (a rootless or user-namespaced container), "root" can switch only to

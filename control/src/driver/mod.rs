@@ -8,6 +8,7 @@ use std::pin::Pin;
 use crate::roles::RoleDef;
 
 pub mod accounts;
+pub mod freezer;
 pub mod kubernetes;
 pub mod local;
 pub mod mariadb;
@@ -114,6 +115,35 @@ pub trait ComputeDriver: Send + Sync {
     /// Signalled when the driver sees a compute vanish (a watch event), so the lifecycle looks
     /// for lost computes at once instead of at its next check. `None`: only the periodic check.
     fn lost_notices(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// The mechanism this driver freezes computes with (`cgroup2`, `cgroup1`, `signal`), or
+    /// `None` when it cannot freeze: then idle computes are always stopped.
+    fn freezer(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Freezes a running compute: it keeps its memory and sockets but gets no CPU. Returns
+    /// once it is frozen. `handle` is the one recorded with the compute.
+    fn freeze<'a>(
+        &'a self,
+        project_id: &'a str,
+        _handle: Option<&'a str>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            anyhow::bail!("this compute driver cannot freeze computes (project {project_id})")
+        })
+    }
+
+    /// Thaws a frozen compute (nothing when it is not frozen). Must not block: it runs on the
+    /// wake path, right before an address is handed out.
+    fn thaw(&self, _project_id: &str, _handle: Option<&str>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Memory a compute holds now, in bytes, when the driver can tell.
+    fn memory_bytes(&self, _project_id: &str, _handle: Option<&str>) -> Option<u64> {
         None
     }
 

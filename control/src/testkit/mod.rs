@@ -283,8 +283,36 @@ pub fn mariadbd_pids_under(root: &std::path::Path) -> Vec<i32> {
 /// SIGKILLs every `mariadbd` under `root`: call it from a test fixture's `Drop` so that a
 /// failing test (which never reaches `ControlPlane::shutdown`) leaks no servers.
 pub fn kill_mariadbd_under(root: &std::path::Path) {
-    for pid in mariadbd_pids_under(root) {
-        mariadb::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
+    let pids = mariadbd_pids_under(root);
+    // Their compute cgroups (frozen ones included: SIGKILL ends frozen tasks too) are removed
+    // once empty, so tests leave none behind.
+    let cgroups: Vec<String> = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+        .flat_map(|c| {
+            c.lines()
+                .filter(|l| l.contains("doze-computes"))
+                .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for pid in &pids {
+        mariadb::signal_pid(*pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    for dir in cgroups {
+        for mount in [
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/freezer",
+        ] {
+            let path = std::path::Path::new(mount).join(dir.trim_start_matches('/'));
+            for _ in 0..200 {
+                if !path.exists() || std::fs::remove_dir(&path).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
 

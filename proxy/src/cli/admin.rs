@@ -86,6 +86,9 @@ pub enum ComputeCmd {
     /// Suspend a compute now (refused while client sessions are open).
     Suspend {
         compute: String,
+        /// `stop` (clean shutdown, memory freed; a frozen compute is thawed and stopped) or `freeze` (no CPU, memory kept; the next connection resumes it in about a millisecond).
+        #[arg(long, default_value = "stop", value_parser = ["stop", "freeze"])]
+        mode: String,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -166,9 +169,16 @@ pub async fn compute(cmd: ComputeCmd) -> anyhow::Result<()> {
             conn,
         ),
         ComputeCmd::Get { compute, conn } => (Method::GET, api_path(&["compute", &compute]), conn),
-        ComputeCmd::Suspend { compute, conn } => (
+        ComputeCmd::Suspend {
+            compute,
+            mode,
+            conn,
+        } => (
             Method::POST,
-            api_path(&["compute", &compute, "suspend"]),
+            format!(
+                "{}?mode={mode}",
+                api_path(&["compute", &compute, "suspend"])
+            ),
             conn,
         ),
         ComputeCmd::Resume { compute, conn } => (

@@ -90,6 +90,22 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     idle_timeout: Duration,
 
+    /// What an idle compute becomes: `freeze` (the kernel stops scheduling it: no CPU, memory and warm caches kept, the next connection resumes it in about a millisecond; stopped later, see --stop-after) or `stop` (clean shutdown, memory freed; the next connection starts it again). A project's config.suspend_mode overrides. Drivers that cannot freeze (kubernetes) always stop.
+    #[arg(long, env = "DOZE_SUSPEND_MODE", default_value = "freeze")]
+    suspend_mode: String,
+
+    /// Stop a compute that has been frozen this long (0 = only under memory pressure, see --frozen-memory-budget).
+    #[arg(long, env = "DOZE_STOP_AFTER", default_value = "30m", value_parser = parse_duration)]
+    stop_after: Duration,
+
+    /// Frozen computes may hold this much memory together (bytes, or a quantity like 2Gi or 512Mi, or a share of the machine like 25%); above it the least recently used frozen computes are stopped. `none` = no budget.
+    #[arg(long, env = "DOZE_FROZEN_MEMORY_BUDGET", default_value = "25%")]
+    frozen_memory_budget: String,
+
+    /// How the local driver freezes computes: `auto` (cgroup v2 if a writable hierarchy exists, else the cgroup v1 freezer, else SIGSTOP/SIGCONT; the choice is logged at start), `cgroup2`, `cgroup1`, `signal`, or `off` (never freeze: idle computes are stopped).
+    #[arg(long, env = "DOZE_FREEZER", default_value = "auto")]
+    freezer: String,
+
     /// How often the scheduler looks for idle computes.
     #[arg(long, env = "DOZE_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     check_interval: Duration,
@@ -409,8 +425,52 @@ fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
             ca_file: backend_ca(args)?,
             server_name: args.backend_tls_name.clone(),
         },
+        frozen: doze_control::FrozenPolicy {
+            suspend_mode: args
+                .suspend_mode
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--suspend-mode: {e}"))?,
+            stop_after: args.stop_after,
+            memory_budget: parse_memory_budget(&args.frozen_memory_budget)
+                .map_err(|e| anyhow::anyhow!("--frozen-memory-budget: {e}"))?,
+            freezer: args
+                .freezer
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--freezer: {e}"))?,
+        },
         ..ControlConfig::default()
     })
+}
+
+/// `--frozen-memory-budget`: `none`, a share of the machine's memory (`25%`), or a
+/// quantity (`2Gi`, `512Mi`, `1073741824`).
+#[cfg(feature = "control-plane")]
+fn parse_memory_budget(text: &str) -> anyhow::Result<Option<u64>> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    if let Some(pct) = t.strip_suffix('%') {
+        let pct: f64 = pct
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .ok_or_else(|| anyhow::anyhow!("'{t}' is not a percentage from 0% to 100%"))?;
+        let total = doze_control::default_memory_budget()
+            .map(|quarter| quarter * 4)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cannot read the machine's memory from /proc/meminfo; give the budget in bytes"
+                )
+            })?;
+        return Ok(Some((total as f64 * pct / 100.0) as u64));
+    }
+    doze_control::driver::local::parse_memory(t)
+        .map(Some)
+        .ok_or_else(|| {
+            anyhow::anyhow!("'{t}' is not `none`, a percentage like 25%, or a quantity like 2Gi")
+        })
 }
 
 /// The CA of computes' certificates when `--backend-tls require`, checked to be there.
