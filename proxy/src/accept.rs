@@ -124,3 +124,21 @@ async fn drain(tracker: TaskTracker, timeout: Duration, shutdown: &CancellationT
         let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
     }
 }
+
+/// Raises this process's open-file limit to its hard limit. Every session holds two sockets
+/// (client and compute), so the usual soft limit of 1024 would refuse clients past about 500
+/// sessions with EMFILE, well below what the relay can carry. Returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}

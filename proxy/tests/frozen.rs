@@ -274,6 +274,8 @@ async fn a_wrong_password_leaves_a_frozen_compute_frozen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_500_client_herd_on_a_frozen_compute_thaws_it_once() {
+    // 500 clients and the proxy's two sockets per session, in this one process.
+    doze_proxy::accept::raise_fd_limit();
     let env = env().await;
     let compute = env.project("herd").await;
     let conn = connect(env.proxy.addr, "herd.app", None).await.unwrap();
@@ -469,6 +471,33 @@ async fn freezing_is_refused_under_an_open_session() {
     assert!(matches!(err, ControlError::SessionsOpen { .. }), "{err}");
     let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
+    // InnoDB's semaphore watchdog counts frozen time: a freezable compute has it at its
+    // maximum, so a latch wait that spans a long freeze never aborts the server at thaw.
+    let threshold: Option<u64> = conn
+        .query_first("SELECT @@GLOBAL.innodb_fatal_semaphore_wait_threshold")
+        .await
+        .unwrap();
+    assert_eq!(threshold, Some(4_294_967_295));
     conn.disconnect().await.unwrap();
     assert_eq!(env.compute(&compute).await.state, ComputeState::Running);
+    // A client connected to the compute directly, not through doze, blocks it too.
+    let address: std::net::SocketAddr = env
+        .compute(&compute)
+        .await
+        .address
+        .unwrap()
+        .parse()
+        .unwrap();
+    let direct = mysql_async::Conn::new(opts(address, "app", PASSWORD, None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = env
+        .plane
+        .freeze_compute(&compute)
+        .await
+        .expect_err("a direct session blocks a freeze");
+    assert!(matches!(err, ControlError::SessionsOpen { .. }), "{err}");
+    direct.disconnect().await.unwrap();
+    assert_eq!(env.freeze(&compute).await.state, ComputeState::Frozen);
 }

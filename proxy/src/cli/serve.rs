@@ -210,6 +210,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let metrics = install_metrics()?;
     doze_proxy::metrics::describe();
+    let fd_limit = accept::raise_fd_limit();
+    if fd_limit < 4096 {
+        tracing::warn!(
+            fd_limit,
+            "the open-file limit allows about {} sessions (two sockets each); raise it (LimitNOFILE= in systemd)",
+            fd_limit / 2
+        );
+    }
     let (proxy_cfg, cert) = proxy_config(&args)?;
     let listener = accept::bind(&proxy_cfg)
         .with_context(|| format!("binding the proxy to {}", args.proxy_listen))?;
