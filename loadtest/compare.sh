@@ -4,7 +4,7 @@
 #
 # Everything runs on 127.0.0.1 and stops by itself. Overridable through the environment:
 #   ROUNDS=3 DURATION=8s RELAY_CONNS="8 64" CHURN_WORKERS=8 SB_THREADS="8 64" SB_TIME=8
-#   COLD_RUNS=9 HERD=500 START_RUNS=9 IDLE=5000 IDLE_HOLD=10s
+#   COLD_RUNS=9 FROZEN_RUNS=100 HERD=500 START_RUNS=9 IDLE=5000 IDLE_HOLD=10s
 #   RESULTS=<dir> (default target/loadtest-results/<timestamp>)
 #   PROJECTS=0 PROJECTS_DURATION=30s (PROJECTS>0 adds the multi-project scenario)
 #   SKIP_BUILD=1 SKIP_SYSBENCH=1 SKIP_IDLE=1 SKIP_INSTALL=1 KEEP_WORK=1
@@ -18,6 +18,7 @@ CHURN_WORKERS=${CHURN_WORKERS:-8}
 SB_THREADS=${SB_THREADS:-"8 64"}
 SB_TIME=${SB_TIME:-8}
 COLD_RUNS=${COLD_RUNS:-9}
+FROZEN_RUNS=${FROZEN_RUNS:-100}
 HERD=${HERD:-500}
 START_RUNS=${START_RUNS:-9}
 IDLE=${IDLE:-5000}
@@ -264,6 +265,11 @@ step "cold-start" lt doze "start-cold-doze" --label start --admin "$ADMIN" --pro
   cold-start --runs "$COLD_RUNS"
 step "herd $HERD doze (suspended first)" lt doze "herd-$HERD-cold-doze" --label "herd-$HERD-cold" \
   --admin "$ADMIN" --project bench herd --clients "$HERD"
+# The frozen tier: the same, resuming from frozen (a thaw) instead of stopped (a start).
+step "cold-start from frozen" lt doze "start-frozen-doze" --label start-frozen --admin "$ADMIN" --project bench \
+  cold-start --runs "$FROZEN_RUNS" --from frozen
+step "herd $HERD doze (frozen first)" lt doze "herd-$HERD-frozen-doze" --label "herd-$HERD-frozen" \
+  --admin "$ADMIN" --project bench herd --clients "$HERD" --from frozen
 # The compute may have moved (suspend/resume); HAProxy's address is now stale: stop it.
 kill "$HAPROXY_PID" 2>/dev/null; wait "$HAPROXY_PID" 2>/dev/null; HAPROXY_PID=""
 

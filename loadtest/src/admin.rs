@@ -137,10 +137,11 @@ impl Admin {
         .await
     }
 
-    pub async fn suspend(&self, compute_id: &str) -> Result<Value> {
+    /// Suspends a compute by `mode`: `stop` or `freeze`.
+    pub async fn suspend(&self, compute_id: &str, mode: &str) -> Result<Value> {
         self.call(
             "POST",
-            format!("/api/v1/compute/{compute_id}/suspend"),
+            format!("/api/v1/compute/{compute_id}/suspend?mode={mode}"),
             None,
         )
         .await

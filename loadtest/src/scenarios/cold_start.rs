@@ -18,6 +18,9 @@ pub struct ColdStartArgs {
     /// Pause after each suspend before connecting.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub settle: Duration,
+    /// What each run resumes from: `stopped` (a server start) or `frozen` (a thaw).
+    #[arg(long, value_enum, default_value_t = ResumeFrom::Stopped)]
+    pub from: ResumeFrom,
 }
 
 pub async fn cold_start(c: &Common, a: &ColdStartArgs) -> Result<()> {
@@ -34,7 +37,7 @@ pub async fn cold_start(c: &Common, a: &ColdStartArgs) -> Result<()> {
     let mut runs = Vec::new();
     let starts_before = admin.compute_starts().await.ok();
     for run in 1..=a.runs {
-        if let Err(e) = suspend_and_check(&admin, &compute_id).await {
+        if let Err(e) = suspend_and_check(&admin, &compute_id, a.from).await {
             shared.error("suspend", &e);
             runs.push(json!({"run": run, "error": format!("{e:#}")}));
             continue;
@@ -83,6 +86,7 @@ pub async fn cold_start(c: &Common, a: &ColdStartArgs) -> Result<()> {
     let mut extra = Map::new();
     extra.insert("runs".into(), json!(runs));
     extra.insert("compute_id".into(), json!(compute_id));
+    extra.insert("from".into(), json!(a.from.mode()));
     extra.insert("warm".into(), Value::Object(crate::stats::summary(&warm)));
     extra.insert(
         "compute_starts".into(),
@@ -92,8 +96,9 @@ pub async fn cold_start(c: &Common, a: &ColdStartArgs) -> Result<()> {
         c,
         "cold-start",
         &format!(
-            "{} runs: suspend, then connect + first result of SELECT 1 (warm connect median {:.1} ms)",
+            "{} runs: suspend ({}), then connect + first result of SELECT 1 (warm connect median {:.1} ms)",
             a.runs,
+            a.from.mode(),
             warm.value_at_quantile(0.5) as f64 / 1000.0
         ),
         extra,

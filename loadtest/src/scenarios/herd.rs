@@ -21,6 +21,9 @@ pub struct HerdArgs {
     /// With --admin: do not suspend the compute first.
     #[arg(long)]
     pub no_suspend: bool,
+    /// What the herd resumes the compute from: `stopped` (a server start) or `frozen` (a thaw).
+    #[arg(long, value_enum, default_value_t = ResumeFrom::Stopped)]
+    pub from: ResumeFrom,
 }
 
 pub async fn herd(c: &Common, a: &HerdArgs) -> Result<()> {
@@ -36,8 +39,11 @@ pub async fn herd(c: &Common, a: &HerdArgs) -> Result<()> {
             .clone()
             .context("herd with --admin needs --project")?;
         let compute_id = admin.compute_id(&project).await?;
-        eprintln!("herd: suspending compute {compute_id} of {project}");
-        suspend_and_check(admin, &compute_id).await?;
+        eprintln!(
+            "herd: suspending compute {compute_id} of {project} (mode {})",
+            a.from.mode()
+        );
+        suspend_and_check(admin, &compute_id, a.from).await?;
         suspended = true;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -57,10 +57,40 @@ pub(crate) fn need_admin(c: &Common, what: &str) -> Result<(Admin, String)> {
 
 /// Suspends the compute. A session the scenario just closed may still be counted for a moment
 /// (doze refuses to cut open sessions, 409 `sessions_open`): that is retried for up to 2 s.
-pub(crate) async fn suspend_and_check(admin: &Admin, compute_id: &str) -> Result<Value> {
+/// What a scenario suspends a compute to before it measures a resume (`--from`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResumeFrom {
+    /// Stopped: the resume is a server start.
+    #[default]
+    Stopped,
+    /// Frozen: the resume is a thaw.
+    Frozen,
+}
+
+impl ResumeFrom {
+    pub fn mode(self) -> &'static str {
+        match self {
+            ResumeFrom::Stopped => "stop",
+            ResumeFrom::Frozen => "freeze",
+        }
+    }
+
+    fn state(self) -> &'static str {
+        match self {
+            ResumeFrom::Stopped => "suspended",
+            ResumeFrom::Frozen => "frozen",
+        }
+    }
+}
+
+pub(crate) async fn suspend_and_check(
+    admin: &Admin,
+    compute_id: &str,
+    from: ResumeFrom,
+) -> Result<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     let r = loop {
-        match admin.suspend(compute_id).await {
+        match admin.suspend(compute_id, from.mode()).await {
             Ok(r) => break r,
             Err(e)
                 if format!("{e:#}").contains("sessions_open")
@@ -71,11 +101,13 @@ pub(crate) async fn suspend_and_check(admin: &Admin, compute_id: &str) -> Result
             Err(e) => return Err(e).with_context(|| format!("suspend compute {compute_id}")),
         }
     };
-    if let Some(state) = r.get("state").and_then(Value::as_str) {
-        let s = state.to_ascii_lowercase();
-        if s != "suspended" && s != "stopped" {
-            eprintln!("warning: after suspend the compute reports state {state:?}");
-        }
+    if let Some(state) = r.get("state").and_then(Value::as_str)
+        && !state.eq_ignore_ascii_case(from.state())
+    {
+        eprintln!(
+            "warning: after suspend (mode {}) the compute reports state {state:?}",
+            from.mode()
+        );
     }
     Ok(r)
 }
