@@ -216,6 +216,11 @@ fn server_args(config: &serde_json::Value, defaults: &Defaults) -> anyhow::Resul
         format!("--max-connections={DEFAULT_MAX_CONNECTIONS}"),
         format!("--back-log={DEFAULT_MAX_CONNECTIONS}"),
     ];
+    args.extend(
+        crate::driver::mariadb::FAST_START_ARGS
+            .iter()
+            .map(|a| (*a).to_owned()),
+    );
     if defaults.tls_secret.is_some() {
         args.extend([
             format!("--ssl-cert={TLS_DIR}/tls.crt"),
