@@ -389,7 +389,7 @@ impl ControlPlane {
     }
 
     /// Memory a running or frozen compute holds now, when its driver can tell (the local
-    /// driver: the compute cgroup's charge, else the server's resident set).
+    /// driver: the compute cgroup's charge, else the server's private resident memory).
     pub fn compute_memory(&self, c: &Compute) -> Option<u64> {
         matches!(
             c.state,

@@ -464,10 +464,23 @@ impl Lifecycle {
             // between that check and this replica's state change.
             thaw()?;
         }
-        if running.roles_dirty {
-            // The roles changed while it was frozen: a thaw is not a start, so they are
-            // applied now, before any client logs in.
-            self.sync_adopted_roles(&frozen.project_id).await;
+        // The roles changed while it was frozen (read again now: another replica may have
+        // marked them since this wake read the compute): a thaw is not a start, so they are
+        // applied now, before any client logs in. If that fails the compute is stopped, and
+        // the start that follows synchronises them or fails: never an outdated account.
+        let dirty = running.roles_dirty
+            || self
+                .store
+                .compute_for_project(&frozen.project_id)
+                .await
+                .map_err(store_failed)?
+                .is_some_and(|c| c.roles_dirty);
+        if dirty && let Err(e) = self.sync_roles(&frozen.project_id).await {
+            tracing::warn!(error = %format!("{e:#}"), "synchronising roles into a thawed compute failed; restarting it");
+            self.suspend_locked(&frozen.project_id, "roles", false)
+                .await
+                .map_err(|e| WakeError::Internal(e.to_string()))?;
+            return Ok(None);
         }
         let took = t0.elapsed();
         self.stats.record_thaw(took);
@@ -886,14 +899,31 @@ impl Lifecycle {
     /// replica and none connected to the compute directly (a latch held by a frozen session
     /// is what InnoDB's semaphore watchdog would trip on). Returns the compute as it is
     /// afterwards.
+    ///
+    /// Runs in a task of its own, like a start: a caller that goes away (an HTTP client that
+    /// disconnects) never leaves a compute frozen whose state still says running.
     pub(crate) async fn freeze_project(
         &self,
         project_id: &str,
         reason: &str,
     ) -> Result<Option<Compute>, ControlError> {
-        let slot = self.slot(project_id);
-        let _guard = slot.lock.lock().await;
-        self.freeze_locked(project_id, reason).await
+        let this = self.arc()?;
+        let (project_id, reason) = (project_id.to_owned(), reason.to_owned());
+        tokio::spawn(async move {
+            let slot = this.slot(&project_id);
+            let _guard = slot.lock.lock().await;
+            this.freeze_locked(&project_id, &reason).await
+        })
+        .await
+        .map_err(|e| ControlError::Internal(anyhow::anyhow!("the freeze task failed: {e}")))?
+    }
+
+    /// Thaws after a freeze that is being undone; a failure is logged (the caller reports its
+    /// own error).
+    fn thaw_back(&self, project_id: &str, handle: Option<&str>) {
+        if let Err(e) = self.driver.thaw(project_id, handle) {
+            tracing::error!(project_id, error = %format!("{e:#}"), "thawing a compute whose freeze is undone failed");
+        }
     }
 
     async fn freeze_locked(
@@ -999,7 +1029,7 @@ impl Lifecycle {
                 .freeze(project_id, compute.handle.as_deref())
                 .await
             {
-                let _ = self.driver.thaw(project_id, compute.handle.as_deref());
+                self.thaw_back(project_id, compute.handle.as_deref());
                 return back_to_running(ControlError::Internal(e.context("freezing the compute")))
                     .await;
             }
@@ -1011,7 +1041,7 @@ impl Lifecycle {
                     if now.as_ref().map(|c| (c.state, c.epoch))
                         != Some((ComputeState::Frozen, frozen.epoch))
                     {
-                        self.driver.thaw(project_id, compute.handle.as_deref())?;
+                        self.thaw_back(project_id, compute.handle.as_deref());
                         return Ok(now);
                     }
                     frozen
@@ -1028,7 +1058,7 @@ impl Lifecycle {
                 {
                     Ok(frozen) => frozen,
                     Err(e) => {
-                        self.driver.thaw(project_id, compute.handle.as_deref())?;
+                        self.thaw_back(project_id, compute.handle.as_deref());
                         return Err(e.into());
                     }
                 },
@@ -1348,21 +1378,22 @@ impl Lifecycle {
     /// a doze upgrade changed what a role is granted). A failure leaves them marked for the
     /// next start.
     async fn sync_adopted_roles(&self, project_id: &str) {
-        let applied = async {
-            let sync = self.role_sync(project_id).await?;
-            self.driver
-                .apply_roles(project_id, &[RoleOp::Sync(sync.clone())])
-                .await?;
-            self.store.set_roles_dirty(project_id, false).await?;
-            self.store
-                .clear_role_tombstones(project_id, &sync.drop)
-                .await
-        }
-        .await;
-        if let Err(e) = applied {
+        if let Err(e) = self.sync_roles(project_id).await {
             tracing::warn!(project_id, error = %format!("{e:#}"),
                 "synchronising the roles of an adopted compute failed; retried at its next start");
         }
+    }
+
+    /// Applies the project's whole role set to its running compute and clears the marks.
+    async fn sync_roles(&self, project_id: &str) -> anyhow::Result<()> {
+        let sync = self.role_sync(project_id).await?;
+        self.driver
+            .apply_roles(project_id, &[RoleOp::Sync(sync.clone())])
+            .await?;
+        self.store.set_roles_dirty(project_id, false).await?;
+        self.store
+            .clear_role_tombstones(project_id, &sync.drop)
+            .await
     }
 
     /// Every current role and every deleted one not yet dropped from the compute.

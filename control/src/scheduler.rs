@@ -223,7 +223,15 @@ impl Lifecycle {
                 break;
             }
             let done = match self.suspend_mode_of(config) {
-                SuspendMode::Freeze => self.freeze_project(&c.project_id, "idle").await,
+                SuspendMode::Freeze => match self.freeze_project(&c.project_id, "idle").await {
+                    // A compute that cannot be frozen (started without the semaphore
+                    // setting, a freeze that timed out) is stopped instead.
+                    Err(ControlError::Internal(e)) => {
+                        tracing::warn!(project_id = %c.project_id, error = %format!("{e:#}"), "freezing an idle compute failed; stopping it");
+                        self.suspend_project(&c.project_id, "idle", true).await
+                    }
+                    other => other,
+                },
                 SuspendMode::Stop => self.suspend_project(&c.project_id, "idle", true).await,
             };
             match done {
@@ -240,9 +248,16 @@ impl Lifecycle {
         Ok(suspended)
     }
 
-    /// Stops a frozen compute (thawed first). True when it was stopped.
+    /// Stops a frozen compute (thawed first), unless a wake thawed it since the scheduler
+    /// listed it (then it serves someone). True when it was stopped.
     async fn stop_frozen(&self, c: &Compute, reason: &str) -> bool {
-        match self.suspend_project(&c.project_id, reason, true).await {
+        let slot = self.slot(&c.project_id);
+        let _guard = slot.lock.lock().await;
+        match self.store.compute_for_project(&c.project_id).await {
+            Ok(Some(now)) if now.state == ComputeState::Frozen && now.epoch == c.epoch => {}
+            _ => return false,
+        }
+        match self.suspend_locked(&c.project_id, reason, true).await {
             Ok(_) => {
                 tracing::info!(project_id = %c.project_id, compute_id = %c.id, reason, "stopped a frozen compute");
                 true

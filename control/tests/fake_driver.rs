@@ -273,3 +273,25 @@ async fn compute_configs_are_checked_by_the_driver() {
         .await
         .expect("the fake driver's rules");
 }
+
+/// A driver that cannot freeze (the Kubernetes driver, this fake): idle computes are stopped
+/// whatever the suspend mode says, and an explicit freeze is refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_that_cannot_freeze_stop_idle_computes() {
+    let env = env(|_| {}).await;
+    let (p, c) = env
+        .project(
+            "stiff",
+            serde_json::json!({"idle_timeout": 0.01, "suspend_mode": "freeze"}),
+        )
+        .await;
+    env.plane.wake(&p).await.expect("wake");
+    assert_eq!(env.plane.freezer(), None);
+    let err = env.plane.freeze_compute(&c).await.expect_err("refused");
+    assert!(matches!(err, ControlError::Invalid(_)), "{err}");
+    assert!(err.to_string().contains("cannot freeze"), "{err}");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(env.plane.suspend_idle().await.expect("pass"), 1);
+    assert_eq!(env.state(&c).await, ComputeState::Suspended);
+    assert_eq!(env.driver.stops(), 1);
+}

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use doze_gateway::WakeInfo;
+use doze_gateway::{ColdStart, WakeInfo};
 use tracing::{debug, warn};
 
 use crate::backend::{self, Backend, Login};
@@ -86,7 +86,9 @@ impl Connector {
         }
     }
 
-    /// Wakes the project again and says whether its compute now has another address.
+    /// Wakes the project again and says whether a login is worth retrying: the compute now has
+    /// another address, or it was frozen (a replica handed out its address just before it was
+    /// frozen) and this wake thawed it.
     async fn moved<C: Control>(
         &self,
         control: &C,
@@ -94,7 +96,7 @@ impl Connector {
         stuck: &str,
     ) -> Result<bool, ProxyError> {
         let again = self.wake(control, project_id).await?;
-        Ok(again.address != stuck)
+        Ok(again.address != stuck || again.cold_start == ColdStart::Thawed)
     }
 
     /// Phase 4: the compute's address, bounded by the wake timeout.

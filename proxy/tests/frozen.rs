@@ -388,6 +388,17 @@ async fn over_the_memory_budget_the_least_recently_used_frozen_compute_is_stoppe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_of_doze_frozen_computes_are_adopted_frozen() {
+    crash_and_restart(FreezerChoice::Auto).await;
+}
+
+/// The next doze may freeze differently (here: not at all): it still thaws what the previous
+/// one froze, and records the compute running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_freezing_off_thaws_what_the_last_run_froze() {
+    crash_and_restart(FreezerChoice::Off).await;
+}
+
+async fn crash_and_restart(next: FreezerChoice) {
     let env = env().await;
     let compute = env.project("kept").await;
     make_table(&env, "kept.app").await;
@@ -411,6 +422,8 @@ async fn after_a_crash_of_doze_frozen_computes_are_adopted_frozen() {
     drop(plane);
     // The next doze finds the server frozen, adopts it (which thaws it to check it) and
     // freezes it again.
+    let mut cfg = cfg;
+    cfg.frozen.freezer = next;
     let plane = ControlPlane::start(cfg.clone(), Activity::new())
         .await
         .unwrap();
@@ -429,15 +442,23 @@ async fn after_a_crash_of_doze_frozen_computes_are_adopted_frozen() {
         dir,
     };
     let adopted = env.compute(&compute).await;
-    assert_eq!(adopted.state, ComputeState::Frozen);
     assert_eq!(adopted.address.as_deref(), Some(address.as_str()));
-    assert!(
-        !greets(&address, Duration::from_millis(200)).await,
-        "left thawed"
-    );
+    if next == FreezerChoice::Off {
+        assert_eq!(adopted.state, ComputeState::Running);
+        assert!(
+            greets(&address, Duration::from_secs(2)).await,
+            "left frozen"
+        );
+    } else {
+        assert_eq!(adopted.state, ComputeState::Frozen);
+        assert!(
+            !greets(&address, Duration::from_millis(200)).await,
+            "left thawed"
+        );
+    }
     assert_eq!(count_rows(&env, "kept.app").await, 1);
     assert_eq!(env.starts(), 0, "adopted, not started again");
-    assert_eq!(env.thaws(), 1);
+    assert_eq!(env.thaws(), u64::from(next != FreezerChoice::Off));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,4 +521,43 @@ async fn freezing_is_refused_under_an_open_session() {
     assert!(matches!(err, ControlError::SessionsOpen { .. }), "{err}");
     direct.disconnect().await.unwrap();
     assert_eq!(env.freeze(&compute).await.state, ComputeState::Frozen);
+}
+
+/// Roles changed while a compute is frozen reach it at the thaw, before the first client logs
+/// in (a thaw is not a start, which is where they would otherwise be applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_changed_while_frozen_are_applied_at_the_thaw() {
+    let env = env().await;
+    let compute = env.project("roles").await;
+    let conn = connect(env.proxy.addr, "roles.app", None).await.unwrap();
+    conn.disconnect().await.unwrap();
+    let frozen = env.freeze(&compute).await;
+    env.plane
+        .create_role(&frozen.project_id, "late", "late-password-1")
+        .await
+        .unwrap();
+    env.plane
+        .delete_role(&frozen.project_id, "app")
+        .await
+        .unwrap();
+    assert_eq!(env.compute(&compute).await.state, ComputeState::Frozen);
+    let mut conn =
+        mysql_async::Conn::new(opts(env.proxy.addr, "roles.late", "late-password-1", None))
+            .await
+            .unwrap();
+    let user: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert!(user.is_some_and(|u| u.starts_with("late@")));
+    conn.disconnect().await.unwrap();
+    // The dropped role's account is gone from the compute too, not only from doze.
+    let address: std::net::SocketAddr = env
+        .compute(&compute)
+        .await
+        .address
+        .unwrap()
+        .parse()
+        .unwrap();
+    let err = mysql_async::Conn::new(opts(address, "app", PASSWORD, None))
+        .await
+        .expect_err("the dropped role cannot log in to the compute directly");
+    assert_eq!(server_code(&err), Some(1045), "{err}");
 }

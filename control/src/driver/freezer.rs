@@ -6,7 +6,8 @@
 //! - **cgroup v2**: each compute runs in a cgroup of its own, `<parent>/<project_id>`;
 //!   `cgroup.freeze` freezes every thread of it, and `cgroup.events` says when it is done.
 //!   Its memory use is `memory.current` where the memory controller is enabled (then
-//!   `resources.memory` is applied as `memory.max`), the server's resident set otherwise.
+//!   `resources.memory` is applied as `memory.max`), the server's private resident memory
+//!   (anonymous and shared-memory pages, not the binary's) otherwise.
 //! - **cgroup v1 freezer**: the same with `freezer.state`, where only the v1 controller can be
 //!   written (systemd's hybrid layout without a writable v2 hierarchy).
 //! - **signals**: SIGSTOP/SIGCONT to the server's process, where no cgroup is writable (doze
@@ -27,6 +28,10 @@ use super::mariadb;
 /// How long a freeze may take before it is undone and reported as failed. A server frozen in
 /// the middle of a disk write waits for the write first; that takes milliseconds, not this.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The smallest `memory.max` a compute gets: a server with a 16 MiB buffer pool (the
+/// smallest doze gives) peaks near 200 MiB while it starts and recovers.
+const MIN_MEMORY_MAX: u64 = 256 * 1024 * 1024;
 
 /// The directory, below doze's own cgroup, that holds one cgroup per compute.
 const COMPUTES_CGROUP: &str = "doze-computes";
@@ -135,7 +140,10 @@ impl Freezer {
             }
         }
         if let Freezer::CgroupV2 { memory: true, .. } = self {
-            let limit = memory_max.map_or_else(|| "max".to_owned(), |b| b.to_string());
+            // `resources.memory` sizes the buffer pool at half of it; the limit leaves the
+            // server at least MIN_MEMORY_MAX, so a small value cannot OOM-kill it at start.
+            let limit =
+                memory_max.map_or_else(|| "max".to_owned(), |b| b.max(MIN_MEMORY_MAX).to_string());
             write(&dir.join("memory.max"), &limit)?;
         }
         write(&dir.join("cgroup.procs"), &pid.to_string())
@@ -165,7 +173,7 @@ impl Freezer {
             }
             Freezer::Signal => {
                 mariadb::signal_pid(pid as i32, Signal::SIGSTOP);
-                if !wait_until(FREEZE_TIMEOUT, || process_state(pid) == Some('T')).await {
+                if !wait_until(FREEZE_TIMEOUT, || all_threads_stopped(pid)).await {
                     mariadb::signal_pid(pid as i32, Signal::SIGCONT);
                     bail!("the compute did not stop within {FREEZE_TIMEOUT:?}; resumed it again");
                 }
@@ -175,35 +183,27 @@ impl Freezer {
     }
 
     /// Thaws the compute. Immediate: the kernel schedules its threads again at once. Thawing a
-    /// compute that is not frozen (or has no cgroup) does nothing.
+    /// compute that is not frozen (or has no cgroup) does nothing. Whatever froze it is undone:
+    /// this doze's cgroup, the `doze-computes` cgroup of another doze process (a replica in
+    /// another service, a previous run under another cgroup or freezer), and a SIGSTOP.
     pub fn thaw(&self, project_id: &str, pid: u32) -> anyhow::Result<()> {
-        match self {
-            Freezer::CgroupV2 { .. } | Freezer::CgroupV1 { .. } => {
-                let dir = self.dir(project_id).unwrap_or_default();
-                let (file, _, _) = self.switch();
-                let off = match self {
-                    Freezer::CgroupV1 { .. } => "THAWED",
-                    _ => "0",
-                };
-                match std::fs::write(dir.join(file), off) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("thawing {}", dir.display()));
-                    }
+        let mut result = Ok(());
+        if let Some(dir) = self.dir(project_id) {
+            let (file, _, _) = self.switch();
+            let off = match self {
+                Freezer::CgroupV1 { .. } => "THAWED",
+                _ => "0",
+            };
+            match std::fs::write(dir.join(file), off) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    result = Err(e).with_context(|| format!("thawing {}", dir.display()));
                 }
-                // A server stopped by signal (an older doze, or `--freezer signal` before a
-                // restart) is resumed too: thawing must never leave it stopped.
-                if process_state(pid) == Some('T') {
-                    mariadb::signal_pid(pid as i32, Signal::SIGCONT);
-                }
-                Ok(())
-            }
-            Freezer::Signal => {
-                mariadb::signal_pid(pid as i32, Signal::SIGCONT);
-                Ok(())
             }
         }
+        thaw_anywhere(project_id, pid);
+        result
     }
 
     /// Whether the compute is frozen now.
@@ -218,7 +218,7 @@ impl Freezer {
     }
 
     /// The compute's memory use in bytes: the cgroup's charge where the memory controller
-    /// counts it, else the server's resident set.
+    /// counts it, else the server's private resident memory.
     pub fn memory_bytes(&self, project_id: &str, pid: u32) -> Option<u64> {
         if let (Freezer::CgroupV2 { memory: true, .. }, Some(dir)) = (self, self.dir(project_id))
             && let Ok(text) = std::fs::read_to_string(dir.join("memory.current"))
@@ -256,6 +256,62 @@ impl Freezer {
     }
 }
 
+/// Undoes any freeze of `pid` that doze could have made, whoever made it: the `doze-computes`
+/// cgroups of this project that hold it (found in `/proc/<pid>/cgroup`, so another doze
+/// process's tree too), and a SIGSTOP. Best effort; waits (briefly) until no thread is
+/// stopped, so that a SIGTERM sent next is handled.
+pub fn thaw_anywhere(project_id: &str, pid: u32) {
+    let suffix = format!("{COMPUTES_CGROUP}/{project_id}");
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+        for line in text.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (id, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(i), Some(c), Some(p)) => (i, c, p),
+                _ => continue,
+            };
+            if !path.trim_end_matches('/').ends_with(&suffix) {
+                continue;
+            }
+            let (mount, file, value) = if id == "0" && controllers.is_empty() {
+                (mount_point(true, ""), "cgroup.freeze", "0")
+            } else if controllers.split(',').any(|c| c == "freezer") {
+                (mount_point(false, "freezer"), "freezer.state", "THAWED")
+            } else {
+                continue;
+            };
+            if let Some(mount) = mount {
+                let _ = std::fs::write(mount.join(path.trim_start_matches('/')).join(file), value);
+            }
+        }
+    }
+    if process_state(pid) == Some('T') {
+        mariadb::signal_pid(pid as i32, Signal::SIGCONT);
+    }
+}
+
+/// True when every thread of `pid` is stopped by a signal (`T`): SIGSTOP stops them one by one.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let state = std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+            });
+        match state {
+            Some('T' | 't') => any = true,
+            // Exited meanwhile.
+            None | Some('Z' | 'X') => {}
+            Some(_) => return false,
+        }
+    }
+    any
+}
+
 fn write(path: &Path, value: &str) -> anyhow::Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing '{value}' to {}", path.display()))
 }
@@ -291,17 +347,23 @@ pub fn process_state(pid: u32) -> Option<char> {
         .and_then(|(_, rest)| rest.trim_start().chars().next())
 }
 
-/// A process's resident set in bytes (`VmRSS`).
+/// Memory a process alone holds, in bytes: its resident anonymous and shared-memory pages
+/// (`RssAnon` + `RssShmem`), what stopping it gives back. `VmRSS` would also count the
+/// `mariadbd` binary's and libraries' pages, which every compute shares (about 20 MiB each
+/// here), and overstate a hundred frozen computes by 2 GiB.
 pub fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let kb = field("RssAnon:")? + field("RssShmem:").unwrap_or(0);
     Some(kb * 1024)
 }
 
@@ -362,7 +424,7 @@ fn cgroup_v2_parent() -> anyhow::Result<(PathBuf, bool)> {
     }
     // Delegating the memory controller needs it in the parent's own subtree_control; a
     // cgroup holding processes cannot delegate it (the "no internal processes" rule), so this
-    // may fail, and then memory is read from the server's resident set instead.
+    // may fail, and then memory is read from the server's private resident memory instead.
     let available = std::fs::read_to_string(parent.join("cgroup.controllers"))
         .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
     let memory = available

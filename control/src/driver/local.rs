@@ -47,6 +47,9 @@ const ROOT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound of doze's administrative work in a compute (role changes, the process list).
 const ROOT_WORK_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// InnoDB's semaphore watchdog at its maximum, for computes that may be frozen.
+const SEMAPHORE_WAIT_UNLIMITED: &str = "--innodb-fatal-semaphore-wait-threshold=4294967295";
+
 /// Default buffer pool when the compute config has no `resources.memory`.
 const DEFAULT_BUFFER_POOL: &str = "64M";
 const MIN_BUFFER_POOL: u64 = 16 * 1024 * 1024;
@@ -98,30 +101,31 @@ impl LocalDriver {
         self
     }
 
-    /// The pid of the project's server: the one this driver runs, else the recorded handle.
+    /// The pid of the project's server: the one this driver runs, else the recorded handle
+    /// when that pid still is a mariadbd on this project's datadir (a pid from the store may
+    /// have been reused by any process by now).
     fn pid_of(&self, project_id: &str, handle: Option<&str>) -> Option<u32> {
-        self.instances()
-            .get(project_id)
-            .map(|i| i.pid)
-            .or_else(|| handle.and_then(|h| h.parse().ok()))
+        if let Some(pid) = self.instances().get(project_id).map(|i| i.pid) {
+            return Some(pid);
+        }
+        handle
+            .and_then(|h| h.parse().ok())
+            .filter(|pid| pid_alive(*pid) && serves_datadir(*pid, &self.datadir(project_id)))
     }
 
     /// Thaws whatever server serves the project (before a stop or an adoption: a frozen
-    /// process neither handles SIGTERM nor answers a probe).
+    /// process neither handles SIGTERM nor answers a probe), however it was frozen: by this
+    /// doze, another doze process, or an earlier run with another freezer.
     fn thaw_any(&self, project_id: &str, pid: Option<u32>) {
-        if let Some(freezer) = &self.freezer {
-            let pid = pid.or_else(|| self.find_leftover(project_id, None));
-            if let Some(pid) = pid
-                && let Err(e) = freezer.thaw(project_id, pid)
-            {
-                tracing::warn!(project_id, pid, error = %format!("{e:#}"), "thawing the compute failed");
-            }
-        } else if let Some(pid) = pid.or_else(|| self.find_leftover(project_id, None))
-            && crate::driver::freezer::process_state(pid) == Some('T')
+        let Some(pid) = pid.or_else(|| self.find_leftover(project_id, None)) else {
+            return;
+        };
+        if let Some(freezer) = &self.freezer
+            && let Err(e) = freezer.thaw(project_id, pid)
         {
-            // Frozen by signal by an earlier doze that could freeze: resumed all the same.
-            mariadb::signal_pid(pid as i32, Signal::SIGCONT);
+            tracing::warn!(project_id, pid, error = %format!("{e:#}"), "thawing the compute failed");
         }
+        crate::driver::freezer::thaw_anywhere(project_id, pid);
     }
 
     /// The OS account of the project's compute (see the module docs): its own uid when doze
@@ -255,10 +259,8 @@ impl LocalDriver {
             // InnoDB aborts the server when a latch wait passes this threshold (600 s by
             // default), and a wait that spans a freeze counts the frozen time: the maximum
             // keeps a thaw hours later from killing the server.
-            spec.extra_args.insert(
-                0,
-                "--innodb-fatal-semaphore-wait-threshold=4294967295".to_owned(),
-            );
+            spec.extra_args
+                .insert(0, SEMAPHORE_WAIT_UNLIMITED.to_owned());
         }
         Ok(spec)
     }
@@ -355,8 +357,9 @@ impl LocalDriver {
             if let Some(freezer) = &self.freezer
                 && let Err(e) = freezer.enter(project_id, pid, memory_limit(&spec.config))
             {
-                let _ = mariadb::stop_child(&mut child, Duration::from_secs(2)).await;
-                return Err(e.context("placing the compute in its cgroup"));
+                // It runs all the same; a freeze moves it into its cgroup again, or fails
+                // and leaves it running.
+                tracing::warn!(project_id, pid, error = %format!("{e:#}"), "cannot place the compute in its cgroup");
             }
             match mariadb::wait_for_greeting(
                 port,
@@ -642,6 +645,13 @@ impl ComputeDriver for LocalDriver {
                 .with_context(|| format!("the compute of project {project_id} is not running"))?;
             if !serves_datadir(pid, &self.datadir(project_id)) {
                 bail!("pid {pid} is not this compute's server; not freezing it");
+            }
+            if !cmdline(pid).iter().any(|a| a == SEMAPHORE_WAIT_UNLIMITED) {
+                // Started by an older doze or with --freezer off: a latch wait that spans a
+                // long freeze could make InnoDB abort the server at the thaw.
+                bail!(
+                    "the compute's server was started without {SEMAPHORE_WAIT_UNLIMITED}; it is not frozen (it is stopped instead)"
+                );
             }
             freezer.freeze(project_id, pid).await
         })

@@ -521,7 +521,15 @@ pub async fn stop_child(child: &mut Child, grace: Duration) -> anyhow::Result<()
             Ok(())
         }
         Err(_) => {
-            child.kill().await?;
+            // SIGKILL, and a bounded wait: a task the kernel cannot kill at once (a v1-frozen
+            // one, a D-state I/O) must not hold the project's lock for ever.
+            child.start_kill()?;
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                bail!("mariadbd did not stop within {grace:?}, and not within 10 s of SIGKILL");
+            }
             bail!("mariadbd did not stop within {grace:?} and was killed")
         }
     }
