@@ -99,6 +99,11 @@ impl Catalog {
             project_id: project.id,
             project_name: project.name,
             stored_hash: role.and_then(|r| roles::parse_stored_hash(&r.stored_hash)),
+            max_connections: project
+                .config
+                .get("max_connections")
+                .and_then(serde_json::Value::as_u64)
+                .filter(|n| *n > 0),
         })
     }
 
@@ -277,6 +282,9 @@ pub fn validate_project_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest `config.max_connections` a project may ask for (the compute's own limit).
+const MAX_PROJECT_CONNECTIONS: u64 = crate::driver::mariadb::DEFAULT_MAX_CONNECTIONS as u64;
+
 fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
     let Some(obj) = config.as_object() else {
         return Err("config must be a JSON object".into());
@@ -290,6 +298,15 @@ fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
             "config.idle_timeout must be a number of seconds from 0 to 315360000 (0 = never suspend)"
                 .into(),
         );
+    }
+    if let Some(n) = obj.get("max_connections")
+        && !n.is_null()
+        && n.as_u64()
+            .is_none_or(|n| !(1..=MAX_PROJECT_CONNECTIONS).contains(&n))
+    {
+        return Err(format!(
+            "config.max_connections must be a whole number from 1 to {MAX_PROJECT_CONNECTIONS}: the most sessions the project may have open through doze at once"
+        ));
     }
     if let Some(m) = obj.get("suspend_mode")
         && !m.is_null()

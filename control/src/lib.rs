@@ -70,6 +70,10 @@ pub struct ControlPlane {
     replicas: Arc<Replicas>,
     /// The heartbeat and the change listener, stopped at shutdown.
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The proxy's bound address, as the binary reports it (`GET /api/v1/info`).
+    proxy_address: std::sync::Mutex<Option<String>>,
+    /// Set when doze has begun to drain: `/readyz` then answers 503.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Another replica's change, applied to this replica's caches.
@@ -202,6 +206,8 @@ impl ControlPlane {
             stats,
             replicas,
             tasks: std::sync::Mutex::new(tasks),
+            proxy_address: std::sync::Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -357,6 +363,54 @@ impl ControlPlane {
 
     pub async fn compute(&self, id: &str) -> Result<Compute, ControlError> {
         self.lifecycle.compute(id).await
+    }
+
+    /// The compute of a project (by id or name), as it is: never woken by this lookup.
+    pub async fn project_compute(&self, project_key: &str) -> Result<Compute, ControlError> {
+        let project = self.catalog.project(project_key).await?;
+        self.store()
+            .compute_for_project(&project.id)
+            .await?
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "project '{}' has no compute; create one with POST /api/v1/projects/{}/compute",
+                    project.name, project.name
+                ))
+            })
+    }
+
+    /// Every compute, or the one of `project` (by id or name), oldest project first.
+    pub async fn list_computes(&self, project: Option<&str>) -> Result<Vec<Compute>, ControlError> {
+        match project {
+            Some(key) => Ok(vec![self.project_compute(key).await?]),
+            None => Ok(self.store().list_computes().await?),
+        }
+    }
+
+    // ---- what the binary tells the admin API ----
+
+    /// Records the proxy's bound address (with port 0 resolved), for `GET /api/v1/info` and
+    /// the connection strings the CLI prints.
+    pub fn set_proxy_address(&self, address: String) {
+        *self.proxy_address.lock().unwrap_or_else(|p| p.into_inner()) = Some(address);
+    }
+
+    pub fn proxy_address(&self) -> Option<String> {
+        self.proxy_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// doze has begun to drain: new clients are refused, so load balancers should stop
+    /// sending them (`/readyz` answers 503 from now on).
+    pub fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub async fn compute_events(&self, id: &str) -> Result<Vec<ComputeEvent>, ControlError> {

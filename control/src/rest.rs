@@ -42,7 +42,12 @@ pub fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Ro
             "/api/v1/projects/{id}",
             get(get_project).delete(delete_project),
         )
-        .route("/api/v1/projects/{id}/compute", post(create_compute))
+        .route(
+            "/api/v1/projects/{id}/compute",
+            post(create_compute).get(get_project_compute),
+        )
+        .route("/api/v1/compute", get(list_computes))
+        .route("/api/v1/info", get(info))
         .route(
             "/api/v1/projects/{id}/roles",
             post(create_role).get(list_roles),
@@ -65,6 +70,8 @@ pub fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Ro
     Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -455,6 +462,44 @@ async fn create_compute(
     Ok((StatusCode::CREATED, Json(compute_json(&c))))
 }
 
+async fn get_project_compute(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let c = s.plane.project_compute(&id).await?;
+    let mut body = compute_json(&c);
+    body["memory_bytes"] = json!(s.plane.compute_memory(&c));
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+struct ComputeListQuery {
+    project: Option<String>,
+}
+
+async fn list_computes(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ComputeListQuery>,
+) -> ApiResult<Json<Value>> {
+    let computes = s.plane.list_computes(q.project.as_deref()).await?;
+    Ok(Json(
+        json!({"computes": computes.iter().map(compute_json).collect::<Vec<_>>()}),
+    ))
+}
+
+/// What this doze is: version, commit, driver, freezer, the proxy's address.
+async fn info(State(s): State<AppState>) -> Json<Value> {
+    let cfg = s.plane.config();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": doze_gateway::GIT_COMMIT,
+        "driver": cfg.driver.to_string(),
+        "freezer": s.plane.freezer(),
+        "replica_id": cfg.replica_id,
+        "proxy_address": s.plane.proxy_address(),
+    }))
+}
+
 async fn get_compute(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -593,6 +638,26 @@ async fn openapi() -> Response {
 
 async fn list_replicas(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(s.plane.replicas().await?))
+}
+
+/// Liveness: the process and its event loop answer. Never depends on the store, so a store
+/// outage does not make an orchestrator restart every replica.
+async fn livez() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: 503 while draining (new clients are refused) or when the state store does not
+/// answer; 200 otherwise.
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.plane.is_draining() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "doze is draining its sessions before it stops; it accepts no new clients".to_owned(),
+        )
+        .into_response();
+    }
+    healthz(State(s)).await
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {

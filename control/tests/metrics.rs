@@ -35,8 +35,8 @@ async fn metrics_are_emitted_with_the_documented_names_and_buckets() {
     assert_eq!(status, StatusCode::OK);
     let text = body.as_str().expect("text").to_owned();
     for needle in [
-        "doze_wake_duration_seconds_bucket{outcome=\"resumed\",le=\"0.001\"}",
-        "doze_wake_duration_seconds_bucket{outcome=\"warm\",le=\"30\"}",
+        "doze_wake_duration_seconds_bucket{outcome=\"resumed\",from=\"stopped\",le=\"0.001\"}",
+        "doze_wake_duration_seconds_bucket{outcome=\"warm\",from=\"running\",le=\"30\"}",
         "doze_compute_starts_total 1",
         "doze_compute_start_duration_seconds_bucket{le=\"0.001\"}",
         "doze_wakes_coalesced_total",

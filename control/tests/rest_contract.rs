@@ -179,6 +179,44 @@ async fn contract(env: &Env) {
     assert_eq!(got.1, compute);
     let resp = call(r, "GET", "/api/v1/compute/nope", None, None).await;
     assert_error(&resp, StatusCode::NOT_FOUND, "not_found");
+    // The project's compute by project id or name, without waking it; and the list.
+    for key in [pid.as_str(), "my-project"] {
+        let by_project = call(
+            r,
+            "GET",
+            &format!("/api/v1/projects/{key}/compute"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(by_project.0, StatusCode::OK, "{}", by_project.1);
+        assert_eq!(by_project.1["id"], cid.as_str());
+        assert_eq!(by_project.1["state"], "suspended", "a lookup never wakes");
+    }
+    let listed = call(r, "GET", "/api/v1/compute", None, None).await;
+    assert_eq!(listed.0, StatusCode::OK, "{}", listed.1);
+    assert!(
+        listed.1["computes"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["id"] == cid.as_str())),
+        "{}",
+        listed.1
+    );
+    let filtered = call(r, "GET", "/api/v1/compute?project=my-project", None, None).await;
+    assert_eq!(filtered.1["computes"].as_array().map(Vec::len), Some(1));
+    let resp = call(r, "GET", "/api/v1/compute?project=nope", None, None).await;
+    assert_error(&resp, StatusCode::NOT_FOUND, "not_found");
+    let resp = call(r, "GET", "/api/v1/projects/nope/compute", None, None).await;
+    assert_error(&resp, StatusCode::NOT_FOUND, "not_found");
+    let info = call(r, "GET", "/api/v1/info", None, None).await;
+    assert_eq!(info.0, StatusCode::OK);
+    assert_eq!(info.1["driver"], "local");
+    assert!(info.1["commit"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(call(r, "GET", "/livez", None, None).await.0, StatusCode::OK);
+    assert_eq!(
+        call(r, "GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
     for action in ["suspend", "resume"] {
         let resp = call(
             r,
@@ -592,7 +630,11 @@ async fn openapi_document_covers_every_route() {
     for (path, methods) in [
         ("/api/v1/projects", &["get", "post"][..]),
         ("/api/v1/projects/{id}", &["get", "delete"]),
-        ("/api/v1/projects/{id}/compute", &["post"]),
+        ("/api/v1/projects/{id}/compute", &["get", "post"]),
+        ("/api/v1/compute", &["get"]),
+        ("/api/v1/info", &["get"]),
+        ("/livez", &["get"]),
+        ("/readyz", &["get"]),
         ("/api/v1/projects/{id}/roles", &["get", "post"]),
         ("/api/v1/projects/{id}/roles/{name}", &["put", "delete"]),
         ("/api/v1/compute/{id}", &["get", "delete"]),
@@ -651,4 +693,24 @@ async fn admin_api_over_a_real_tcp_listener() {
     stream.read_to_string(&mut resp).await.expect("read");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     server.abort();
+}
+
+#[tokio::test]
+async fn readiness_follows_draining_and_liveness_does_not() {
+    let env = sqlite_env(|_| {}).await;
+    let r = doze_control::rest::router(std::sync::Arc::clone(&env.plane), None);
+    assert_eq!(
+        call(&r, "GET", "/readyz", None, None).await.0,
+        StatusCode::OK
+    );
+    env.plane.set_draining();
+    let resp = call(&r, "GET", "/readyz", None, None).await;
+    assert_error(&resp, StatusCode::SERVICE_UNAVAILABLE, "draining");
+    assert_eq!(
+        call(&r, "GET", "/livez", None, None).await.0,
+        StatusCode::OK
+    );
+    env.plane.set_proxy_address("127.0.0.1:16033".to_owned());
+    let info = call(&r, "GET", "/api/v1/info", None, None).await;
+    assert_eq!(info.1["proxy_address"], "127.0.0.1:16033");
 }

@@ -6,6 +6,17 @@
 //! `doze` links neither the state store nor the admin API) and the control plane does not
 //! depend on the proxy: both speak this.
 
+/// The git commit this doze was built from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = env!("DOZE_GIT_COMMIT");
+
+/// `<version> (<commit>)`: what `doze --version` and the admin API report.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("DOZE_GIT_COMMIT"),
+    ")"
+);
+
 use std::fmt;
 
 pub mod activity;
@@ -25,6 +36,9 @@ pub struct RoleLookup {
     /// SHA1(SHA1(password)) of the role; `None` when the project has no such role (the proxy
     /// then still runs the password exchange and answers "Access denied", revealing nothing).
     pub stored_hash: Option<[u8; 20]>,
+    /// The project's own limit of open sessions (its `config.max_connections`), `None` when
+    /// only the proxy-wide `--max-connections-per-project` applies.
+    pub max_connections: Option<u64>,
 }
 
 /// Why a project or role could not be resolved.

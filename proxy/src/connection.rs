@@ -112,6 +112,8 @@ struct Authenticated {
     route: Route,
     project_id: String,
     project_name: String,
+    /// The project's own session limit (`config.max_connections`).
+    max_connections: Option<u64>,
     credentials: Credentials,
 }
 
@@ -133,7 +135,7 @@ async fn run<C: Control + Clone>(
         return fail(client.conn, ProxyError::TooManyConnections("")).await;
     };
     let activity = shared.control.activity(&client.project_id);
-    if let Err(e) = check_project_limit(cfg, &activity) {
+    if let Err(e) = check_project_limit(cfg, client.max_connections, &activity) {
         return fail(client.conn, e).await;
     }
     let _session = activity.open_session();
@@ -259,13 +261,24 @@ async fn login_client<C: Control>(
         route,
         project_id: lookup.project_id,
         project_name: lookup.project_name,
+        max_connections: lookup.max_connections,
         credentials,
     })
 }
 
-fn check_project_limit(cfg: &ProxyConfig, activity: &ProjectActivity) -> Result<(), ProxyError> {
-    let max = cfg.max_connections_per_project;
-    if max > 0 && activity.sessions() >= max {
+/// The project's session limit: the smaller of the proxy-wide `--max-connections-per-project`
+/// (0 = none) and the project's own `config.max_connections`.
+fn check_project_limit(
+    cfg: &ProxyConfig,
+    project_max: Option<u64>,
+    activity: &ProjectActivity,
+) -> Result<(), ProxyError> {
+    let global = Some(cfg.max_connections_per_project).filter(|m| *m > 0);
+    let max = match (global, project_max) {
+        (Some(g), Some(p)) => Some(g.min(p)),
+        (g, p) => g.or(p),
+    };
+    if max.is_some_and(|max| activity.sessions() >= max) {
         return Err(ProxyError::TooManyConnections(" for this project"));
     }
     Ok(())

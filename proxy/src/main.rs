@@ -21,7 +21,8 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("doze: {e:#}");
-            std::process::ExitCode::FAILURE
+            // 2: usage (clap, before this point), 3: not found, 4: conflict, 5: unreachable.
+            std::process::ExitCode::from(cli::admin::exit_code(&e))
         }
     }
 }

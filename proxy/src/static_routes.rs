@@ -131,6 +131,7 @@ impl Control for Arc<StaticRoutes> {
             project_id: project.id.clone(),
             project_name: project.name.clone(),
             stored_hash: project.roles.get(user).copied(),
+            max_connections: None,
         })
     }
 

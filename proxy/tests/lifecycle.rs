@@ -310,3 +310,50 @@ async fn project_without_compute_gets_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains("has no compute"), "{text}");
 }
+
+/// The seed's per-project `"max_connections"` limits the project's sessions through doze (it
+/// used to be stored and ignored); the smaller of it and the proxy-wide limit applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projects_max_connections_is_enforced() {
+    let env = env(|_| {}).await;
+    env.project("capped", serde_json::json!({"max_connections": 2}))
+        .await;
+    let first = connect(env.proxy.addr, "capped.app", None).await.unwrap();
+    let second = connect(env.proxy.addr, "capped.app", None).await.unwrap();
+    let err = connect(env.proxy.addr, "capped.app", None)
+        .await
+        .expect_err("a third session is over the project's limit");
+    assert_eq!(server_code(&err), Some(1040), "{err}");
+    assert!(err.to_string().contains("for this project"), "{err}");
+    first.disconnect().await.unwrap();
+    // The slot is given back once the proxy has seen the close.
+    let mut third = None;
+    for _ in 0..100 {
+        match connect(env.proxy.addr, "capped.app", None).await {
+            Ok(c) => {
+                third = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    third
+        .expect("a session fits again")
+        .disconnect()
+        .await
+        .unwrap();
+    second.disconnect().await.unwrap();
+    // Out of range or not a number: refused at create, with the reason.
+    for bad in [
+        serde_json::json!(0),
+        serde_json::json!("lots"),
+        serde_json::json!(100_000),
+    ] {
+        let err = env
+            .plane
+            .create_project("bad-cap", serde_json::json!({"max_connections": bad}))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("max_connections"), "{err}");
+    }
+}

@@ -438,6 +438,46 @@ pub fn tail(text: &str, lines: usize) -> String {
     all[start..].join("\n")
 }
 
+/// Why a server did not start, in one line for a log and a client's ERR (whose clients show
+/// about 512 bytes): the `[ERROR]` lines of its error log's last start, without their
+/// timestamps, the first (the cause) first; the last lines when there is none.
+pub fn error_log_causes(path: &Path) -> String {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("(no error log at {}: {e})", path.display()),
+    };
+    causes_in(&text)
+}
+
+fn causes_in(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let recent = &lines[lines.len().saturating_sub(60)..];
+    let errors: Vec<&str> = recent
+        .iter()
+        .filter_map(|l| l.split_once("[ERROR] ").map(|(_, cause)| cause.trim()))
+        .filter(|c| !c.is_empty())
+        .fold(Vec::new(), |mut seen, c| {
+            if !seen.contains(&c) {
+                seen.push(c);
+            }
+            seen
+        });
+    let picked: Vec<String> = if errors.is_empty() {
+        recent[recent.len().saturating_sub(3)..]
+            .iter()
+            .map(|l| l.trim().to_owned())
+            .collect()
+    } else {
+        errors.iter().map(|c| (*c).to_owned()).collect()
+    };
+    let joined = picked.join("; ");
+    if joined.is_empty() {
+        "(its error log is empty)".to_owned()
+    } else {
+        joined
+    }
+}
+
 /// The last lines of a server's error log, for error messages.
 pub fn error_log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
@@ -469,8 +509,8 @@ pub async fn wait_for_greeting(
     loop {
         if let Some(status) = child.try_wait()? {
             bail!(
-                "mariadbd exited during start-up ({status}); its error log ends with:\n{}",
-                error_log_tail(error_log, 15)
+                "mariadbd exited during start-up ({status}): {}",
+                error_log_causes(error_log)
             );
         }
         if probe_greeting(port).await {
@@ -478,8 +518,8 @@ pub async fn wait_for_greeting(
         }
         if Instant::now() >= deadline {
             bail!(
-                "mariadbd did not answer on port {port} within {timeout:?}; its error log ends with:\n{}",
-                error_log_tail(error_log, 15)
+                "mariadbd did not answer on port {port} within {timeout:?}: {}",
+                error_log_causes(error_log)
             );
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
@@ -542,6 +582,19 @@ pub fn signal_pid(pid: i32, signal: nix::sys::signal::Signal) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn start_failure_causes_are_the_error_lines_without_timestamps() {
+        let log = "2026-11-27 16:14:01 0 [Note] Starting MariaDB 10.11.19 source revision\n\
+                   2026-11-27 16:14:01 0 [ERROR] mariadbd: unknown variable 'innodb_bogus=1'\n\
+                   2026-11-27 16:14:01 0 [ERROR] Aborting\n";
+        assert_eq!(
+            causes_in(log),
+            "mariadbd: unknown variable 'innodb_bogus=1'; Aborting"
+        );
+        assert_eq!(causes_in("a\nb\nc\nd"), "b; c; d");
+        assert_eq!(causes_in(""), "(its error log is empty)");
+    }
+
     use super::*;
 
     #[test]

@@ -41,12 +41,24 @@ pub enum ProjectCmd {
         /// Also create this role (a MariaDB user in the project).
         #[arg(long)]
         role: Option<String>,
-        /// Password of --role (else DOZE_ROLE_PASSWORD, else one is generated and printed once).
-        #[arg(long, env = "DOZE_ROLE_PASSWORD", hide_env_values = true)]
+        /// Password of --role (else one is generated and printed once). Needs --role.
+        #[arg(long, requires = "role")]
         password: Option<String>,
-        /// Suspend the compute after this many idle seconds (0 = never); default: the server's --idle-timeout.
-        #[arg(long)]
-        idle_timeout: Option<u64>,
+        /// Suspend the compute after this long idle, like `30s`, `5m`, `1h` or seconds (0 = never); default: the server's --idle-timeout.
+        #[arg(long, value_parser = super::parse_duration)]
+        idle_timeout: Option<std::time::Duration>,
+        /// What the idle compute becomes: `freeze` (resumed in about a millisecond) or `stop`; default: the server's --suspend-mode.
+        #[arg(long, value_parser = ["freeze", "stop"])]
+        suspend_mode: Option<String>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Print how to connect to a project: a mysql:// URL and a mariadb command, with the proxy's real address.
+    Connect {
+        project: String,
+        /// The role to connect as.
+        #[arg(long, default_value = "app")]
+        role: String,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -77,13 +89,21 @@ pub enum ComputeCmd {
         #[command(flatten)]
         conn: AdminConn,
     },
-    /// Show a compute: its state and, while running, its address.
+    /// List computes: all of them, or the one of --project.
+    List {
+        /// A project id or name.
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Show a compute (by compute id, or by its project's id or name) without waking it: its state, address and memory.
     Get {
         compute: String,
         #[command(flatten)]
         conn: AdminConn,
     },
-    /// Suspend a compute now (refused while client sessions are open).
+    /// Suspend a compute (by compute id or project id or name) now (refused while client sessions are open).
     Suspend {
         compute: String,
         /// `stop` (clean shutdown, memory freed; a frozen compute is thawed and stopped) or `freeze` (no CPU, memory kept; the next connection resumes it in about a millisecond).
@@ -92,13 +112,13 @@ pub enum ComputeCmd {
         #[command(flatten)]
         conn: AdminConn,
     },
-    /// Resume a suspended compute.
+    /// Resume a suspended or frozen compute (by compute id or project id or name).
     Resume {
         compute: String,
         #[command(flatten)]
         conn: AdminConn,
     },
-    /// Delete a compute; the project's storage is kept.
+    /// Delete a compute (by compute id or project id or name); the project's storage is kept.
     Delete {
         compute: String,
         #[command(flatten)]
@@ -124,6 +144,16 @@ pub enum RoleCmd {
         #[command(flatten)]
         conn: AdminConn,
     },
+    /// Change a role's password (open sessions keep running; new logins need the new one).
+    SetPassword {
+        project: String,
+        name: String,
+        /// The new password (else one is generated and printed once).
+        #[arg(long, env = "DOZE_ROLE_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
     /// Delete a role.
     Delete {
         project: String,
@@ -141,8 +171,24 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
             role,
             password,
             idle_timeout,
+            suspend_mode,
             conn,
-        } => create_project(&conn, &name, compute, role, password, idle_timeout).await,
+        } => {
+            let mut config = json!({});
+            if let Some(idle) = idle_timeout {
+                config["idle_timeout"] = json!(idle.as_secs_f64());
+            }
+            if let Some(mode) = suspend_mode {
+                config["suspend_mode"] = json!(mode);
+            }
+            let first_role = role.map(|r| (r, password));
+            create_project(&conn, &name, config, compute, first_role).await
+        }
+        ProjectCmd::Connect {
+            project,
+            role,
+            conn,
+        } => connect_hint(&conn, &project, &role, false).await,
         ProjectCmd::List { conn } => {
             print(call(&conn, Method::GET, "/api/v1/projects", None).await?)
         }
@@ -168,26 +214,39 @@ pub async fn compute(cmd: ComputeCmd) -> anyhow::Result<()> {
             api_path(&["projects", &project, "compute"]),
             conn,
         ),
-        ComputeCmd::Get { compute, conn } => (Method::GET, api_path(&["compute", &compute]), conn),
+        ComputeCmd::List { project, conn } => {
+            let path = match project {
+                Some(p) => format!(
+                    "/api/v1/compute?project={}",
+                    percent_encoding::utf8_percent_encode(&p, percent_encoding::NON_ALPHANUMERIC)
+                ),
+                None => "/api/v1/compute".to_owned(),
+            };
+            (Method::GET, path, conn)
+        }
+        ComputeCmd::Get { compute, conn } => {
+            let id = compute_id(&conn, &compute).await?;
+            (Method::GET, api_path(&["compute", &id]), conn)
+        }
         ComputeCmd::Suspend {
             compute,
             mode,
             conn,
-        } => (
-            Method::POST,
-            format!(
-                "{}?mode={mode}",
-                api_path(&["compute", &compute, "suspend"])
-            ),
-            conn,
-        ),
-        ComputeCmd::Resume { compute, conn } => (
-            Method::POST,
-            api_path(&["compute", &compute, "resume"]),
-            conn,
-        ),
+        } => {
+            let id = compute_id(&conn, &compute).await?;
+            (
+                Method::POST,
+                format!("{}?mode={mode}", api_path(&["compute", &id, "suspend"])),
+                conn,
+            )
+        }
+        ComputeCmd::Resume { compute, conn } => {
+            let id = compute_id(&conn, &compute).await?;
+            (Method::POST, api_path(&["compute", &id, "resume"]), conn)
+        }
         ComputeCmd::Delete { compute, conn } => {
-            (Method::DELETE, api_path(&["compute", &compute]), conn)
+            let id = compute_id(&conn, &compute).await?;
+            (Method::DELETE, api_path(&["compute", &id]), conn)
         }
     };
     let body = (method == Method::POST).then(|| json!({}));
@@ -219,6 +278,27 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
             )
             .await?,
         ),
+        RoleCmd::SetPassword {
+            project,
+            name,
+            password,
+            conn,
+        } => {
+            let (password, generated) = password_or_generated(password);
+            print(
+                call(
+                    &conn,
+                    Method::PUT,
+                    &api_path(&["projects", &project, "roles", &name]),
+                    Some(json!({"password": password})),
+                )
+                .await?,
+            )?;
+            if generated {
+                eprintln!("password (shown once): {password}");
+            }
+            Ok(())
+        }
         RoleCmd::Delete {
             project,
             name,
@@ -235,18 +315,15 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
     }
 }
 
+/// Creates the project, then (when asked) its compute and first role. A later step that fails
+/// deletes the project again, so a failure never leaves half a project behind.
 async fn create_project(
     conn: &AdminConn,
     name: &str,
+    config: Value,
     with_compute: bool,
-    role: Option<String>,
-    password: Option<String>,
-    idle_timeout: Option<u64>,
+    first_role: Option<(String, Option<String>)>,
 ) -> anyhow::Result<()> {
-    let mut config = json!({});
-    if let Some(secs) = idle_timeout {
-        config["idle_timeout"] = json!(secs);
-    }
     let project = call(
         conn,
         Method::POST,
@@ -254,30 +331,98 @@ async fn create_project(
         Some(json!({"name": name, "config": config})),
     )
     .await?;
-    print(project.clone())?;
     let id = project["id"]
         .as_str()
-        .context("the admin API returned a project without an id")?;
-    if with_compute {
-        print(
+        .context("the admin API returned a project without an id")?
+        .to_owned();
+    let rest = async {
+        if with_compute {
             call(
                 conn,
                 Method::POST,
-                &api_path(&["projects", id, "compute"]),
+                &api_path(&["projects", &id, "compute"]),
                 Some(json!({})),
             )
-            .await?,
-        )?;
+            .await?;
+        }
+        if let Some((role, password)) = &first_role {
+            let (password, generated) = password_or_generated(password.clone());
+            create_role(conn, &id, role, &password).await?;
+            return Ok::<_, anyhow::Error>(generated.then_some(password));
+        }
+        Ok(None)
     }
-    if let Some(role) = role {
-        let (password, generated) = password_or_generated(password);
-        create_role(conn, id, &role, &password).await?;
-        println!("\nconnect with:\n  mariadb -h 127.0.0.1 -P 6033 -u {name}.{role} -p");
-        if generated {
-            println!("password (shown once): {password}");
+    .await;
+    let generated = match rest {
+        Ok(g) => g,
+        Err(e) => {
+            let undone = call(conn, Method::DELETE, &api_path(&["projects", &id]), None).await;
+            return Err(match undone {
+                Ok(_) => e.context(format!("creating project {name} failed; it was deleted again")),
+                Err(u) => e.context(format!(
+                    "creating project {name} failed, and deleting it again failed too ({u:#}); delete it with `doze project delete {name}`"
+                )),
+            });
+        }
+    };
+    print(call(conn, Method::GET, &api_path(&["projects", &id]), None).await?)?;
+    if let Some((role, _)) = &first_role {
+        connect_hint(conn, name, role, true).await?;
+        if let Some(password) = generated {
+            eprintln!("password (shown once): {password}");
         }
     }
     Ok(())
+}
+
+/// How to connect to `project` as `role`, with the proxy address the running doze reports.
+/// `to_stderr`: as a hint after another command's output, which stays the only thing on stdout.
+async fn connect_hint(
+    conn: &AdminConn,
+    project: &str,
+    role: &str,
+    to_stderr: bool,
+) -> anyhow::Result<()> {
+    let project_obj = call(conn, Method::GET, &api_path(&["projects", project]), None).await?;
+    let name = project_obj["name"].as_str().unwrap_or(project);
+    let info = call(conn, Method::GET, "/api/v1/info", None).await?;
+    let address = info["proxy_address"]
+        .as_str()
+        .context("this doze does not report its proxy address (is it serving static routes?)")?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("the proxy address '{address}' has no port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let user = format!("{name}.{role}");
+    let text = format!("mysql://{user}@{address}/\nmariadb -h {host} -P {port} -u {user} -p");
+    if to_stderr {
+        eprintln!("\nconnect with:\n  {}", text.replace('\n', "\n  "));
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+/// The id of a compute named by its own id or by its project's id or name.
+async fn compute_id(conn: &AdminConn, key: &str) -> anyhow::Result<String> {
+    match call(conn, Method::GET, &api_path(&["compute", key]), None).await {
+        Ok(_) => Ok(key.to_owned()),
+        Err(e) if exit_code(&e) == NOT_FOUND => {
+            let by_project = call(
+                conn,
+                Method::GET,
+                &api_path(&["projects", key, "compute"]),
+                None,
+            )
+            .await
+            .map_err(|_| e)?;
+            by_project["id"]
+                .as_str()
+                .map(str::to_owned)
+                .context("the admin API returned a compute without an id")
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn create_role(
@@ -360,11 +505,12 @@ async fn call(
         .body(Full::new(payload))
         .with_context(|| format!("bad URL {url}"))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let response = client.request(request).await.with_context(|| {
-        format!(
-            "cannot reach the admin API at {} (is `doze serve` running?)",
+    let response = client.request(request).await.map_err(|e| CliError {
+        code: UNREACHABLE,
+        message: format!(
+            "cannot reach the admin API at {} (is `doze serve` running?): {e}",
             conn.admin
-        )
+        ),
     })?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
@@ -387,5 +533,50 @@ async fn call(
              serve whose generated admin.token to use)"
         );
     }
-    bail!("{status}: {message}")
+    let code = match status {
+        StatusCode::NOT_FOUND => NOT_FOUND,
+        StatusCode::CONFLICT => CONFLICT,
+        _ => 1,
+    };
+    Err(CliError {
+        code,
+        message: format!("{status}: {message}"),
+    }
+    .into())
+}
+
+/// Exit codes of the admin commands (documented in the README): 2 is a usage error (clap's).
+pub const NOT_FOUND: u8 = 3;
+pub const CONFLICT: u8 = 4;
+pub const UNREACHABLE: u8 = 5;
+
+/// A failed admin call and the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+/// The exit code for an error: the admin call's, else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<CliError>())
+        .map_or(1, |c| c.code)
+}
+
+/// `doze version`: this binary's version and, when it answers, the running doze's.
+pub async fn version(conn: AdminConn) -> anyhow::Result<()> {
+    println!("client: doze {}", doze_gateway::VERSION);
+    let info = call(&conn, Method::GET, "/api/v1/info", None).await?;
+    println!(
+        "server: doze {} ({}) at {}, driver {}, freezer {}, proxy {}",
+        info["version"].as_str().unwrap_or("?"),
+        info["commit"].as_str().unwrap_or("?"),
+        conn.admin,
+        info["driver"].as_str().unwrap_or("?"),
+        info["freezer"].as_str().unwrap_or("none"),
+        info["proxy_address"].as_str().unwrap_or("unknown"),
+    );
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The command line: `serve`, and `project` / `compute` / `role` over the admin API.
 
-mod admin;
+pub mod admin;
 mod metrics_http;
 mod serve;
 
@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "doze",
-    version,
+    version = doze_gateway::VERSION,
     about = "A serverless front door for MariaDB: one MySQL endpoint that wakes each project's compute on connect and suspends it when idle.",
     long_about = None
 )]
@@ -28,9 +28,11 @@ pub enum Command {
     /// Create, show, suspend, resume and delete computes (through the admin API).
     #[command(subcommand)]
     Compute(admin::ComputeCmd),
-    /// Create, list and delete a project's roles (through the admin API).
+    /// Create, list and delete a project's roles, and change their passwords (through the admin API).
     #[command(subcommand)]
     Role(admin::RoleCmd),
+    /// Print this doze's version and commit, and those of the running doze it talks to.
+    Version(admin::AdminConn),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project(cmd) => admin::project(cmd).await,
         Command::Compute(cmd) => admin::compute(cmd).await,
         Command::Role(cmd) => admin::role(cmd).await,
+        Command::Version(conn) => admin::version(conn).await,
     }
 }
 

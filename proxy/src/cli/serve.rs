@@ -201,10 +201,14 @@ pub struct ServeArgs {
     /// Bind the proxy port with SO_REUSEPORT so several doze processes can share it.
     #[arg(long, env = "DOZE_REUSE_PORT")]
     reuse_port: bool,
+
+    /// Log format on stderr: `text` (for people) or `json` (one object per line, with the connection id, project and user of the session or the project of the lifecycle step, for log pipelines). The level comes from DOZE_LOG (default info).
+    #[arg(long, env = "DOZE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(&args.log_format);
     // Everything doze creates (state, secrets, computes' directories) is private unless doze
     // says otherwise for a given directory.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -230,8 +234,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let admin = TcpListener::bind(args.admin_listen)
             .await
             .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
+        let metrics_addr = admin.local_addr().unwrap_or(args.admin_listen);
         tokio::spawn(super::metrics_http::serve(admin, metrics, stop_rx.clone()));
-        info!(proxy = %proxy_addr, metrics = %args.admin_listen, "doze serving static routes");
+        info!(proxy = %proxy_addr, metrics = %metrics_addr, "doze serving static routes");
         run_proxy(listener, proxy_cfg, routes, stop_rx).await;
         return Ok(());
     }
@@ -271,18 +276,32 @@ async fn run_with_control_plane(
     let control = ControlPlane::start(control_config(&args)?, Activity::new())
         .await
         .context("starting the control plane")?;
+    control.set_proxy_address(proxy_addr.to_string());
     let admin = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin API to {}", args.admin_listen))?;
-    tokio::spawn(serve_http(
+    let admin_addr = admin.local_addr().unwrap_or(args.admin_listen);
+    // The admin API (and /readyz, /livez, /metrics) keeps answering through the drain and the
+    // computes' shutdown, and stops last.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(serve_http(
         admin,
         doze_control::rest::router(std::sync::Arc::clone(&control), Some(metrics)),
-        stop_rx.clone(),
+        admin_stop_rx,
     ));
+    {
+        let control = Arc::clone(&control);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if stop.wait_for(|s| *s).await.is_ok() {
+                control.set_draining();
+            }
+        });
+    }
     let scheduler = control.spawn_scheduler();
     info!(
         proxy = %proxy_addr,
-        admin = %format!("http://{}", args.admin_listen),
+        admin = %format!("http://{admin_addr}"),
         state = %doze_control::store::redact_dsn(&args.db_dsn),
         "doze is up"
     );
@@ -290,6 +309,8 @@ async fn run_with_control_plane(
     scheduler.abort();
     info!("stopping computes");
     control.shutdown().await;
+    let _ = admin_stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
     info!("bye");
     Ok(())
 }
@@ -503,14 +524,26 @@ fn backend_ca(args: &ServeArgs) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DOZE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        // The fields of the enclosing spans (connection id, project, user; the lifecycle's
+        // project and compute) are flattened into each line, so every line stands alone.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
 }
 
 /// Installs the global Prometheus recorder, with 0.5 ms .. 30 s buckets for every `*_seconds`
