@@ -349,6 +349,7 @@ impl Lifecycle {
                 }
                 ComputeState::Suspended | ComputeState::Failed => {
                     if let Some(retry_in_secs) = slot.held_back() {
+                        metrics::counter!(m::WAKES_REFUSED, "reason" => "backoff").increment(1);
                         return Err(WakeError::RateLimited {
                             project: name,
                             retry_in_secs,

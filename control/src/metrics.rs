@@ -9,6 +9,10 @@ use metrics_exporter_prometheus::Matcher;
 pub const WAKE_DURATION: &str = "doze_wake_duration_seconds";
 /// Counter: successful compute starts.
 pub const COMPUTE_STARTS: &str = "doze_compute_starts_total";
+/// Counter: compute starts that failed (the server exited, did not answer, lost its lease).
+pub const COMPUTE_START_FAILURES: &str = "doze_compute_start_failures_total";
+/// Counter, label `reason` = backoff: wakes refused without trying, apart from failures.
+pub const WAKES_REFUSED: &str = "doze_wakes_refused_total";
 /// Histogram: time from starting a compute until it accepts connections.
 pub const COMPUTE_START_DURATION: &str = "doze_compute_start_duration_seconds";
 /// Counter: wakes answered by a start another concurrent wake performed.
@@ -77,6 +81,14 @@ pub fn describe() {
         "Frozen memory above which the least recently used frozen computes are stopped (0: no budget)"
     );
     metrics::describe_counter!(COMPUTE_STARTS, "Compute starts that succeeded");
+    metrics::describe_counter!(
+        COMPUTE_START_FAILURES,
+        "Compute starts that failed (the server exited, did not answer in time, or lost its lease)"
+    );
+    metrics::describe_counter!(
+        WAKES_REFUSED,
+        "Wakes refused without a start, by reason (backoff: the compute failed to start recently and its next attempt is not due yet)"
+    );
     metrics::describe_histogram!(
         COMPUTE_START_DURATION,
         metrics::Unit::Seconds,

@@ -674,11 +674,15 @@ async fn healthz(State(s): State<AppState>) -> Response {
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
     match &s.metrics {
-        Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            // The process_* metrics (CPU, memory, open files), read now.
+            metrics_process::Collector::default().collect();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response()
+        }
         None => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

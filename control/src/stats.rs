@@ -45,6 +45,7 @@ impl Stats {
     /// A compute failed to start.
     pub(crate) fn record_start_failure(&self) {
         Self::bump(&self.start_failures);
+        metrics::counter!(crate::metrics::COMPUTE_START_FAILURES).increment(1);
     }
 
     /// A wake was answered by a start (or check) another waiter performed.

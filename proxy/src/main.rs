@@ -6,7 +6,16 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+    // `doze serve --config FILE`: the file's settings become flags, below the command line and
+    // the DOZE_* environment in precedence.
+    let argv = match cli::config_file::apply(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("doze: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let args = cli::Cli::parse_from(argv);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,11 +7,13 @@
 //! | `doze_proxy_connections_active` | gauge | | connections open now (any phase) |
 //! | `doze_proxy_connections_closed_total` | counter | `reason` | connections ended, by why |
 //! | `doze_proxy_handshake_duration_seconds` | histogram | | accept to authenticated |
-//! | `doze_proxy_wake_wait_seconds` | histogram | `cold_start` | time a client waited for its compute |
-//! | `doze_proxy_backend_login_seconds` | histogram | | backend connect + login |
+//! | `doze_proxy_wake_wait_duration_seconds` | histogram | `cold_start` | time a client waited for its compute |
+//! | `doze_proxy_backend_login_duration_seconds` | histogram | | backend connect + login |
 //! | `doze_proxy_bytes_total` | counter | `direction` (`client_to_backend`, `backend_to_client`) | bytes relayed |
 //! | `doze_proxy_auth_failures_total` | counter | `reason` (`bad_password`, `unknown_project`, `no_project`, `bad_name`) | refused logins |
 //! | `doze_proxy_auth_throttled_total` | counter | | logins whose answer was delayed after failed passwords |
+//! | `doze_build_info` | gauge | `version`, `commit` | 1 |
+//! | `process_*` | | | CPU, memory, open files and threads of the doze process (metrics-process) |
 
 use std::sync::OnceLock;
 
@@ -41,6 +43,19 @@ pub fn hot() -> &'static Hot {
 /// recorder is installed.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "doze_build_info",
+        "1, labelled with the version and git commit doze was built from"
+    );
+    gauge!(
+        "doze_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => doze_gateway::GIT_COMMIT
+    )
+    .set(1.0);
+    // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...:
+    // refreshed at each scrape by `collect_process`.
+    metrics_process::Collector::default().describe();
     describe_counter!(
         "doze_proxy_connections_accepted_total",
         "Client TCP connections accepted"
@@ -59,12 +74,12 @@ pub fn describe() {
         "Time from accept to authenticated"
     );
     describe_histogram!(
-        "doze_proxy_wake_wait_seconds",
+        "doze_proxy_wake_wait_duration_seconds",
         Unit::Seconds,
         "Time a client waited for its project's compute, by cold_start"
     );
     describe_histogram!(
-        "doze_proxy_backend_login_seconds",
+        "doze_proxy_backend_login_duration_seconds",
         Unit::Seconds,
         "Time to connect and log in to a compute"
     );
@@ -100,11 +115,11 @@ pub fn handshake_duration() -> Histogram {
 }
 
 pub fn wake_wait(cold_start: &'static str) -> Histogram {
-    histogram!("doze_proxy_wake_wait_seconds", "cold_start" => cold_start)
+    histogram!("doze_proxy_wake_wait_duration_seconds", "cold_start" => cold_start)
 }
 
 pub fn backend_login() -> Histogram {
-    histogram!("doze_proxy_backend_login_seconds")
+    histogram!("doze_proxy_backend_login_duration_seconds")
 }
 
 /// Counts one open connection in the active gauge until dropped.
@@ -127,4 +142,9 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         hot().active.decrement(1.0);
     }
+}
+
+/// Refreshes the `process_*` metrics (CPU, memory, open files, threads) right before a scrape.
+pub fn collect_process() {
+    metrics_process::Collector::default().collect();
 }

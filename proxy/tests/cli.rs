@@ -17,6 +17,7 @@ fn cli(doze: &Doze, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .arg("--admin")
         .arg(format!("http://127.0.0.1:{}", doze.admin))
+        .env("DOZE_OUTPUT", "json")
         .env("DOZE_ADMIN_TOKEN", TOKEN)
         .env_remove("DOZE_ROLE_PASSWORD")
         .output()
@@ -104,16 +105,35 @@ fn project_create_takes_durations_rolls_back_and_prints_the_real_address() {
     assert_eq!(cli(&doze, &["project", "get", "half"]).0, 3, "rolled back");
 
     // The connection string printer.
-    let text = ok(&doze, &["project", "connect", "shop", "--role", "app"]);
-    let text = text.as_str().unwrap();
+    let hint = ok(&doze, &["project", "connect", "shop", "--role", "app"]);
+    assert_eq!(hint["url"], format!("mysql://shop.app@127.0.0.1:{port}/"));
+    assert_eq!(
+        hint["command"],
+        format!("mariadb -h 127.0.0.1 -P {port} -u shop.app -p")
+    );
+    let (code, text, _) = cli(
+        &doze,
+        &["project", "connect", "shop", "--role", "app", "-o", "table"],
+    );
+    assert_eq!(code, 0);
     assert!(
         text.contains(&format!("mysql://shop.app@127.0.0.1:{port}/")),
         "{text}"
     );
+
+    // Output formats: a table for people, YAML and JSON for scripts.
+    let (code, table, _) = cli(&doze, &["project", "list", "-o", "table"]);
+    assert_eq!(code, 0);
+    let header = table.lines().next().unwrap_or_default();
     assert!(
-        text.contains(&format!("mariadb -h 127.0.0.1 -P {port} -u shop.app -p")),
-        "{text}"
+        header.starts_with("NAME") && header.contains("ID"),
+        "{table}"
     );
+    assert!(table.lines().any(|l| l.starts_with("shop ")), "{table}");
+    let (code, yaml, _) = cli(&doze, &["project", "get", "shop", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(yaml.contains("\"name\": \"shop\""), "{yaml}");
+    assert!(yaml.contains("\"idle_timeout\": 300"), "{yaml}");
 }
 
 #[test]

@@ -509,7 +509,7 @@ pub async fn wait_for_greeting(
     loop {
         if let Some(status) = child.try_wait()? {
             bail!(
-                "mariadbd exited during start-up ({status}): {}",
+                "mariadbd exited during start-up ({status}); its error log says: {}",
                 error_log_causes(error_log)
             );
         }
@@ -518,7 +518,7 @@ pub async fn wait_for_greeting(
         }
         if Instant::now() >= deadline {
             bail!(
-                "mariadbd did not answer on port {port} within {timeout:?}: {}",
+                "mariadbd did not answer on port {port} within {timeout:?}; its error log says: {}",
                 error_log_causes(error_log)
             );
         }

@@ -27,6 +27,10 @@ pub struct AdminConn {
     /// Data dir of the doze serve to talk to: without a token or token file, the token it generated is read from <data-dir>/admin.token.
     #[arg(long, env = "DOZE_DATA_DIR", default_value = "./doze-data")]
     data_dir: std::path::PathBuf,
+
+    /// Output format: `table` (for people), or `json` / `yaml` (one document, for scripts).
+    #[arg(short = 'o', long = "output", env = "DOZE_OUTPUT", default_value = "table", value_parser = ["table", "json", "yaml"])]
+    output: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,13 +193,16 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
             role,
             conn,
         } => connect_hint(&conn, &project, &role, false).await,
-        ProjectCmd::List { conn } => {
-            print(call(&conn, Method::GET, "/api/v1/projects", None).await?)
-        }
-        ProjectCmd::Get { project, conn } => {
-            print(call(&conn, Method::GET, &api_path(&["projects", &project]), None).await?)
-        }
+        ProjectCmd::List { conn } => print(
+            &conn,
+            call(&conn, Method::GET, "/api/v1/projects", None).await?,
+        ),
+        ProjectCmd::Get { project, conn } => print(
+            &conn,
+            call(&conn, Method::GET, &api_path(&["projects", &project]), None).await?,
+        ),
         ProjectCmd::Delete { project, conn } => print(
+            &conn,
             call(
                 &conn,
                 Method::DELETE,
@@ -250,7 +257,7 @@ pub async fn compute(cmd: ComputeCmd) -> anyhow::Result<()> {
         }
     };
     let body = (method == Method::POST).then(|| json!({}));
-    print(call(&conn, method, &path, body).await?)
+    print(&conn, call(&conn, method, &path, body).await?)
 }
 
 pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
@@ -263,13 +270,14 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
         } => {
             let (password, generated) = password_or_generated(password);
             let created = create_role(&conn, &project, &name, &password).await?;
-            print(created)?;
+            print(&conn, created)?;
             if generated {
                 println!("password (shown once): {password}");
             }
             Ok(())
         }
         RoleCmd::List { project, conn } => print(
+            &conn,
             call(
                 &conn,
                 Method::GET,
@@ -286,6 +294,7 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
         } => {
             let (password, generated) = password_or_generated(password);
             print(
+                &conn,
                 call(
                     &conn,
                     Method::PUT,
@@ -304,6 +313,7 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
             name,
             conn,
         } => print(
+            &conn,
             call(
                 &conn,
                 Method::DELETE,
@@ -365,7 +375,10 @@ async fn create_project(
             });
         }
     };
-    print(call(conn, Method::GET, &api_path(&["projects", &id]), None).await?)?;
+    print(
+        conn,
+        call(conn, Method::GET, &api_path(&["projects", &id]), None).await?,
+    )?;
     if let Some((role, _)) = &first_role {
         connect_hint(conn, name, role, true).await?;
         if let Some(password) = generated {
@@ -397,8 +410,11 @@ async fn connect_hint(
     let text = format!("mysql://{user}@{address}/\nmariadb -h {host} -P {port} -u {user} -p");
     if to_stderr {
         eprintln!("\nconnect with:\n  {}", text.replace('\n', "\n  "));
-    } else {
+    } else if conn.output == "table" {
         println!("{text}");
+    } else {
+        let (url, command) = text.split_once('\n').unwrap_or((&text, ""));
+        print(conn, json!({"url": url, "command": command}))?;
     }
     Ok(())
 }
@@ -470,9 +486,15 @@ fn password_or_generated(password: Option<String>) -> (String, bool) {
     }
 }
 
-fn print(value: Value) -> anyhow::Result<()> {
-    if !value.is_null() {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+/// Prints one answer of the admin API in the chosen format (`-o`).
+fn print(conn: &AdminConn, value: Value) -> anyhow::Result<()> {
+    if value.is_null() {
+        return Ok(());
+    }
+    match conn.output.as_str() {
+        "json" => println!("{}", serde_json::to_string_pretty(&value)?),
+        "yaml" => print!("{}", super::output::yaml(&value)),
+        _ => print!("{}", super::output::table(&value)),
     }
     Ok(())
 }

@@ -41,11 +41,14 @@ pub async fn serve(
 fn respond(path: &str, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/healthz" => (StatusCode::OK, "application/json", r#"{"status": "ok"}"#.to_owned()),
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            handle.render(),
-        ),
+        "/metrics" => {
+            doze_proxy::metrics::collect_process();
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                handle.render(),
+            )
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "application/json",

@@ -1,7 +1,9 @@
 //! The command line: `serve`, and `project` / `compute` / `role` over the admin API.
 
 pub mod admin;
+pub mod config_file;
 mod metrics_http;
+mod output;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,13 @@ pub enum Command {
     Role(admin::RoleCmd),
     /// Print this doze's version and commit, and those of the running doze it talks to.
     Version(admin::AdminConn),
+    /// Print a shell completion script: `doze completions bash > /etc/bash_completion.d/doze`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `doze man > /usr/local/share/man/man1/doze.1`.
+    Man,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +51,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compute(cmd) => admin::compute(cmd).await,
         Command::Role(cmd) => admin::role(cmd).await,
         Command::Version(conn) => admin::version(conn).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "doze", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 

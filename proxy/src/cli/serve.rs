@@ -22,6 +22,10 @@ use super::parse_duration;
 #[derive(Args, Debug)]
 #[cfg_attr(not(feature = "control-plane"), allow(dead_code))]
 pub struct ServeArgs {
+    /// A TOML file of settings: every flag below can be a key, by its long name (`proxy-listen = "0.0.0.0:3306"`, or `proxy_listen`). Flags and DOZE_* environment variables win over it. Example: deploy/doze.example.toml.
+    #[arg(long, env = "DOZE_CONFIG")]
+    config: Option<PathBuf>,
+
     /// Address the MySQL proxy listens on; applications point their drivers here.
     #[arg(long, env = "DOZE_PROXY_LISTEN", default_value = "127.0.0.1:6033")]
     proxy_listen: SocketAddr,
