@@ -100,33 +100,17 @@ impl ProxyConfig {
     }
 }
 
-/// Parses durations such as `250ms`, `30s`, `5m`, `1h`, `500us`, or a bare number of seconds:
-/// what every duration flag of `doze` and of `doze-loadtest` takes.
+/// Parses durations such as `250ms`, `30s`, `5m`, `1h`, `1h 30m`, `500us` (humantime), or a
+/// bare number of seconds (`2`, `0.5`): what every duration flag of `doze` and of
+/// `doze-loadtest` takes.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration; use e.g. 250ms, 30s, 5m, 1h"))?;
-    let secs = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "us" => value / 1_000_000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}'; use ms, s, m or h"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{text}' is not a valid duration"));
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("'{text}' is not a valid number of seconds"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration ({e}); use e.g. 250ms, 30s, 5m, 1h"))
 }
 
 #[cfg(test)]

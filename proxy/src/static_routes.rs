@@ -58,7 +58,8 @@ struct Project {
 
 /// Projects from a routes file, looked up by name or id.
 pub struct StaticRoutes {
-    by_key: HashMap<String, Arc<Project>>,
+    /// Swapped whole by [`StaticRoutes::reload`]; read once per connection, never per packet.
+    by_key: std::sync::RwLock<Arc<HashMap<String, Arc<Project>>>>,
     activity: Arc<Activity>,
 }
 
@@ -72,6 +73,30 @@ impl StaticRoutes {
 
     /// Parses routes from TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            by_key: std::sync::RwLock::new(Arc::new(Self::parse_map(text)?)),
+            activity: Activity::new(),
+        })
+    }
+
+    /// Reads the routes file again and serves its projects from now on (SIGHUP). Sessions
+    /// already relayed are untouched. A file that does not load changes nothing: the error
+    /// says why. Returns how many projects are served.
+    pub fn reload(&self, path: &Path) -> anyhow::Result<usize> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading routes file {}", path.display()))?;
+        let map =
+            Self::parse_map(&text).with_context(|| format!("in routes file {}", path.display()))?;
+        let projects = map
+            .values()
+            .map(|p| p.id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        *self.by_key.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        Ok(projects)
+    }
+
+    fn parse_map(text: &str) -> anyhow::Result<HashMap<String, Arc<Project>>> {
         let file: RoutesFile = toml::from_str(text)?;
         let mut by_key = HashMap::new();
         for entry in file.project {
@@ -86,14 +111,15 @@ impl StaticRoutes {
                 }
             }
         }
-        Ok(Self {
-            by_key,
-            activity: Activity::new(),
-        })
+        Ok(by_key)
     }
 
-    fn find(&self, key: &str) -> Option<&Arc<Project>> {
-        self.by_key.get(key)
+    fn find(&self, key: &str) -> Option<Arc<Project>> {
+        self.by_key
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 }
 

@@ -1,5 +1,7 @@
 //! TLS (rustls, ring provider) from PEM files: to clients, and to computes (`--backend-tls`).
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -73,15 +75,15 @@ fn load_certified_key(
         .with_context(|| format!("reading --tls-cert {}", cert_path.display()))?;
     let key_pem = std::fs::read(key_path)
         .with_context(|| format!("reading --tls-key {}", key_path.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    // PEM through rustls-pki-types (rustls-pemfile is unmaintained: RUSTSEC-2025-0134).
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing certificates in {}", cert_path.display()))?;
     if certs.is_empty() {
         bail!("no certificate found in {}", cert_path.display());
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .with_context(|| format!("parsing the private key in {}", key_path.display()))?
-        .with_context(|| format!("no private key found in {}", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .with_context(|| format!("no usable private key in {}", key_path.display()))?;
     let certified = rustls::sign::CertifiedKey::from_der(certs, key, provider)
         .context("the TLS certificate and key do not match or are unsupported")?;
     Ok(Arc::new(certified))
@@ -109,7 +111,7 @@ pub fn backend_config(ca_path: &Path, server_name: &str) -> anyhow::Result<Backe
     let ca_pem = std::fs::read(ca_path)
         .with_context(|| format!("reading --backend-ca {}", ca_path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&ca_pem) {
         let cert =
             cert.with_context(|| format!("parsing certificates in {}", ca_path.display()))?;
         roots

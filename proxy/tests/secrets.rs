@@ -267,6 +267,8 @@ async fn without_a_token_doze_generates_one_that_only_its_user_can_read() {
             .arg(format!("http://127.0.0.1:{admin_port}"))
             .arg("--data-dir")
             .arg(&data)
+            .arg("-o")
+            .arg("json")
             .env_remove("DOZE_ADMIN_TOKEN")
             .output()
             .unwrap();

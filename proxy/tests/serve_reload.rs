@@ -78,3 +78,114 @@ fn sighup_reloads_the_certificate_and_keeps_serving() {
     assert!(presented_subject(doze.proxy).contains("second.doze.test"));
     assert_eq!(api(doze.admin, "GET", "/healthz", None).0, 200);
 }
+
+/// The `--routes` line for project `name` on `backend`, role `app` with `password`.
+fn route(name: &str, backend: &str, password: &str) -> String {
+    let hash = doze_protocol::native_password::format_stored_hash(
+        &doze_protocol::native_password::stored_hash(password.as_bytes()),
+    );
+    format!(
+        "[[project]]\nname = \"{name}\"\nid = \"id-{name}\"\nbackend = \"{backend}\"\n\
+         [[project.role]]\nname = \"app\"\npassword_hash = \"{hash}\"\n"
+    )
+}
+
+/// SIGHUP rereads the routes file: a project added is served, a session open meanwhile is
+/// untouched, and a broken file keeps the routes in force. It also applies the config file's
+/// log-level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_and_the_log_level_without_dropping_sessions() {
+    use mysql_async::prelude::Queryable;
+    let db = doze_control::testkit::MariaDb::start().await.unwrap();
+    db.create_user("app", "app-password-1").await.unwrap();
+    let dir = scratch_dir("doze-reload-").unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, route("first", &db.addr(), "app-password-1")).unwrap();
+    let config = dir.path().join("doze.toml");
+    std::fs::write(&config, "log-level = \"warn\"\n").unwrap();
+    let mut doze = Doze::spawn(
+        &[
+            format!("--routes={}", routes.display()),
+            format!("--config={}", config.display()),
+        ],
+        Stdio::piped(),
+    );
+    for _ in 0..300 {
+        if api(doze.admin, "GET", "/healthz", None).0 == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let opts = |project: &str| {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(doze.proxy)
+            .prefer_socket(false)
+            .user(Some(format!("{project}.app")))
+            .pass(Some("app-password-1"))
+    };
+    let mut held = mysql_async::Conn::new(opts("first")).await.unwrap();
+    let err = mysql_async::Conn::new(opts("second"))
+        .await
+        .expect_err("not routed yet");
+    assert!(err.to_string().contains("unknown project"), "{err}");
+
+    std::fs::write(
+        &routes,
+        route("first", &db.addr(), "app-password-1")
+            + &route("second", &db.addr(), "app-password-1"),
+    )
+    .unwrap();
+    std::fs::write(&config, "log-level = \"debug\"\n").unwrap();
+    hup(&doze);
+    let mut served = None;
+    for _ in 0..50 {
+        if let Ok(c) = mysql_async::Conn::new(opts("second")).await {
+            served = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served
+        .expect("the added project is served")
+        .disconnect()
+        .await
+        .unwrap();
+    let one: Option<i64> = held.query_first("SELECT 1").await.unwrap();
+    assert_eq!(
+        one,
+        Some(1),
+        "the session open through the reload still works"
+    );
+
+    // A broken file: the routes in force stay.
+    std::fs::write(&routes, "[[project]]\nname = ").unwrap();
+    hup(&doze);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mysql_async::Conn::new(opts("second"))
+        .await
+        .expect("still routed after a failed reload")
+        .disconnect()
+        .await
+        .unwrap();
+    held.disconnect().await.unwrap();
+    assert_eq!(api(doze.admin, "GET", "/healthz", None).0, 200);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(doze.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut doze.child.stderr.take().unwrap(), &mut log).unwrap();
+    // The config file's level applied from the start (warn: no info line before the reload),
+    // then debug after SIGHUP.
+    let before = log.split("log level set").next().unwrap_or_default();
+    assert!(!before.contains("doze serving static routes"), "{log}");
+    assert!(
+        log.contains("SIGHUP: log level set from the config file"),
+        "{log}"
+    );
+    assert!(log.contains("SIGHUP: reloaded the routes"), "{log}");
+    assert!(log.contains("SIGHUP: the routes did not reload"), "{log}");
+}

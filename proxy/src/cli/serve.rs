@@ -206,13 +206,17 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_REUSE_PORT")]
     reuse_port: bool,
 
-    /// Log format on stderr: `text` (for people) or `json` (one object per line, with the connection id, project and user of the session or the project of the lifecycle step, for log pipelines). The level comes from DOZE_LOG (default info).
+    /// Log format on stderr: `text` (for people) or `json` (one object per line, with the connection id, project and user of the session or the project of the lifecycle step, for log pipelines).
     #[arg(long, env = "DOZE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+
+    /// Which log lines to write: error, warn, info, debug or trace, or per-module directives like `info,doze_proxy=debug`. SIGHUP applies the --config file's log-level again, without a restart.
+    #[arg(long, env = "DOZE_LOG", default_value = "info")]
+    log_level: String,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format);
+    let log = init_logging(&args.log_format, &args.log_level)?;
     // Everything doze creates (state, secrets, computes' directories) is private unless doze
     // says otherwise for a given directory.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -232,9 +236,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let proxy_addr = listener.local_addr().unwrap_or(args.proxy_listen);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(wait_for_signal(stop_tx));
-    tokio::spawn(reload_on_sighup(cert));
-    if let Some(routes) = &args.routes {
-        let routes = Arc::new(StaticRoutes::load(routes)?);
+    let routes = match &args.routes {
+        Some(path) => Some((Arc::new(StaticRoutes::load(path)?), path.clone())),
+        None => None,
+    };
+    tokio::spawn(reload_on_sighup(Reloadable {
+        cert,
+        routes: routes.clone(),
+        log,
+        config: args.config.clone(),
+    }));
+    if let Some((routes, _)) = routes {
         let admin = TcpListener::bind(args.admin_listen)
             .await
             .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
@@ -528,26 +540,36 @@ fn backend_ca(args: &ServeArgs) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DOZE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
+/// Changes the log filter while serving (SIGHUP).
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(format: &str, level: &str) -> anyhow::Result<LogHandle> {
+    use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, reload};
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level '{level}': {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let lines = if format == "json" {
         // The fields of the enclosing spans (connection id, project, user; the lifecycle's
         // project and compute) are flattened into each line, so every line stands alone.
-        builder
+        fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .try_init()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder
+        fmt::layer()
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
+            .boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .try_init();
+    Ok(handle)
 }
 
 /// Installs the global Prometheus recorder, with 0.5 ms .. 30 s buckets for every `*_seconds`
@@ -576,26 +598,80 @@ async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: watch
     }
 }
 
+/// What SIGHUP reloads.
+struct Reloadable {
+    cert: Option<Arc<tls::ReloadableCert>>,
+    /// `--routes`: the routes and their file.
+    routes: Option<(Arc<StaticRoutes>, PathBuf)>,
+    log: LogHandle,
+    /// `--config`: its `log-level` is applied again.
+    config: Option<PathBuf>,
+}
+
 /// SIGHUP reloads what can change without a restart: the TLS certificate and key (a renewal
-/// by cert-manager or certbot). Sessions are untouched; a reload that fails keeps the old
-/// pair and says why. (Before, SIGHUP's default action ended doze without a drain.)
-async fn reload_on_sighup(cert: Option<Arc<tls::ReloadableCert>>) {
+/// by cert-manager or certbot), the `--routes` file, and the `--config` file's log level.
+/// Sessions are untouched; a part that fails to reload keeps its current state and the log
+/// says why. (Before, SIGHUP's default action ended doze without a drain.)
+async fn reload_on_sighup(what: Reloadable) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         error!("cannot listen for SIGHUP");
         return;
     };
     while hup.recv().await.is_some() {
-        match &cert {
-            Some(cert) => match cert.reload() {
+        // The log level first, so the lines about the rest follow it.
+        if let Some(config) = &what.config {
+            match config_log_level(config) {
+                Ok(Some(level)) => match tracing_subscriber::EnvFilter::try_new(&level) {
+                    Ok(filter) => match what.log.reload(filter) {
+                        Ok(()) => info!(%level, "SIGHUP: log level set from the config file"),
+                        Err(e) => error!(error = %e, "SIGHUP: the log level did not change"),
+                    },
+                    Err(e) => {
+                        error!(%level, error = %e, "SIGHUP: the config file's log-level is not valid; keeping the current one")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "SIGHUP: the config file did not load; keeping the current log level")
+                }
+            }
+        }
+        if let Some(cert) = &what.cert {
+            match cert.reload() {
                 Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
                 Err(e) => {
                     error!(error = %format!("{e:#}"), "SIGHUP: the TLS certificate and key did not reload; keeping the current ones")
                 }
-            },
-            None => info!("SIGHUP: nothing to reload (no --tls-cert)"),
+            }
+        }
+        if let Some((routes, path)) = &what.routes {
+            match routes.reload(path) {
+                Ok(projects) => {
+                    info!(projects, file = %path.display(), "SIGHUP: reloaded the routes")
+                }
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "SIGHUP: the routes did not reload; keeping the current ones")
+                }
+            }
+        }
+        if what.cert.is_none() && what.routes.is_none() && what.config.is_none() {
+            info!("SIGHUP: nothing to reload (no --tls-cert, --routes or --config)");
         }
     }
+}
+
+/// The `log-level` (or `log_level`) of a config file, if it sets one.
+fn config_log_level(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("the config file {} is not valid TOML", path.display()))?;
+    Ok(table
+        .get("log-level")
+        .or_else(|| table.get("log_level"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned))
 }
 
 async fn wait_for_signal(stop: watch::Sender<bool>) {
