@@ -409,6 +409,14 @@ impl Lifecycle {
         }
     }
 
+    /// A project's name for log lines (from the catalog's cache); empty when unknown.
+    async fn project_name(&self, project_id: &str) -> String {
+        match self.catalog.resolve(project_id).await {
+            Ok(Some((_, name))) => name,
+            _ => String::new(),
+        }
+    }
+
     /// Thaws a frozen compute and records it running: the one place a compute is thawed for
     /// clients, always before its address is handed out, so no client ever connects to a
     /// frozen server. The caller holds the project lock, so a herd thaws it once.
@@ -865,7 +873,8 @@ impl Lifecycle {
                 }
             )));
         }
-        let span = tracing::info_span!("suspend", project_id = %project_id, compute_id = %compute.id, reason);
+        let name = self.project_name(project_id).await;
+        let span = tracing::info_span!("suspend", project_id = %project_id, project = %name, compute_id = %compute.id, reason);
         async {
             let suspending = self
                 .apply_transition(&compute, &self.suspending_lease(reason))
@@ -974,7 +983,8 @@ impl Lifecycle {
                 )));
             }
         }
-        let span = tracing::info_span!("freeze", project_id = %project_id, compute_id = %compute.id, reason);
+        let name = self.project_name(project_id).await;
+        let span = tracing::info_span!("freeze", project_id = %project_id, project = %name, compute_id = %compute.id, reason);
         async {
             let shared = self.store.is_shared();
             // With several replicas the state is announced first, so the others drop the

@@ -35,7 +35,8 @@ use crate::throttle::{self, Throttle};
 pub struct Shared<C> {
     pub cfg: ProxyConfig,
     pub control: C,
-    pub limits: Limits,
+    /// Shared with whoever changes the limits while serving (SIGHUP).
+    pub limits: Arc<Limits>,
     pub throttle: Throttle,
     /// How sessions get logged-in backends (wake, connect, login, retries).
     pub connector: Connector,
@@ -46,11 +47,13 @@ pub struct Shared<C> {
 
 impl<C> Shared<C> {
     pub fn new(cfg: ProxyConfig, control: C) -> Self {
-        let limits = Limits::new(
-            cfg.max_pending_logins,
-            cfg.max_pending_logins_per_ip,
-            cfg.max_connections,
-        );
+        let limits = Arc::new(Limits::for_config(&cfg));
+        Self::with_limits(cfg, control, limits)
+    }
+
+    /// As [`Shared::new`], with limits the caller keeps a handle to (to change them while
+    /// serving).
+    pub fn with_limits(cfg: ProxyConfig, control: C, limits: Arc<Limits>) -> Self {
         let throttle = Throttle::new(cfg.auth_backoff);
         let connector = Connector::new(&cfg);
         Self {
@@ -135,7 +138,11 @@ async fn run<C: Control + Clone>(
         return fail(client.conn, ProxyError::TooManyConnections("")).await;
     };
     let activity = shared.control.activity(&client.project_id);
-    if let Err(e) = check_project_limit(cfg, client.max_connections, &activity) {
+    if let Err(e) = check_project_limit(
+        shared.limits.per_project(),
+        client.max_connections,
+        &activity,
+    ) {
         return fail(client.conn, e).await;
     }
     let _session = activity.open_session();
@@ -269,11 +276,11 @@ async fn login_client<C: Control>(
 /// The project's session limit: the smaller of the proxy-wide `--max-connections-per-project`
 /// (0 = none) and the project's own `config.max_connections`.
 fn check_project_limit(
-    cfg: &ProxyConfig,
+    per_project: u64,
     project_max: Option<u64>,
     activity: &ProjectActivity,
 ) -> Result<(), ProxyError> {
-    let global = Some(cfg.max_connections_per_project).filter(|m| *m > 0);
+    let global = Some(per_project).filter(|m| *m > 0);
     let max = match (global, project_max) {
         (Some(g), Some(p)) => Some(g.min(p)),
         (g, p) => g.or(p),

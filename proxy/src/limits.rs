@@ -7,12 +7,16 @@
 //!   the rest, and no login slot is ever a session slot of a client that proved a password.
 //!   Below half, one address may take more than its share: an application server's pool
 //!   reconnecting 500 clients at once is one address, and no attack;
-//! - session slots are the `max_connections` limit.
+//! - session slots are the `max_connections` limit, and each project's sessions are limited
+//!   too (`max_connections_per_project`). Both can change while serving (SIGHUP with a
+//!   `--config` file): a lower limit refuses new sessions until enough have ended, and never
+//!   cuts an open one.
 //!
 //! Each slot is a guard that gives itself back when dropped, whatever ends the connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -33,7 +37,12 @@ pub struct Limits {
     pressure_at: usize,
     per_ip: usize,
     by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    sessions: Arc<Semaphore>,
+    /// Sessions open now, and the most allowed (a counter, not a semaphore, so that the
+    /// limit can change while sessions hold slots).
+    open_sessions: Arc<AtomicUsize>,
+    max_sessions: AtomicUsize,
+    /// Sessions per project (0 = no limit).
+    per_project: AtomicU64,
 }
 
 impl Limits {
@@ -43,8 +52,36 @@ impl Limits {
             pressure_at: max_pending_logins / 2,
             per_ip: per_ip.max(1),
             by_ip: Arc::default(),
-            sessions: Arc::new(Semaphore::new(max_sessions)),
+            open_sessions: Arc::default(),
+            max_sessions: AtomicUsize::new(max_sessions),
+            per_project: AtomicU64::new(0),
         }
+    }
+
+    /// The budgets of a proxy configured with `cfg`.
+    pub fn for_config(cfg: &crate::config::ProxyConfig) -> Self {
+        let limits = Self::new(
+            cfg.max_pending_logins,
+            cfg.max_pending_logins_per_ip,
+            cfg.max_connections,
+        );
+        limits.set_per_project(cfg.max_connections_per_project);
+        limits
+    }
+
+    /// Changes the most sessions open at once; sessions over a lowered limit stay open.
+    pub fn set_max_sessions(&self, max: usize) {
+        self.max_sessions.store(max, Ordering::Relaxed);
+    }
+
+    /// Changes the most sessions one project may have open (0 = no limit).
+    pub fn set_per_project(&self, max: u64) {
+        self.per_project.store(max, Ordering::Relaxed);
+    }
+
+    /// The most sessions one project may have open (0 = no limit).
+    pub fn per_project(&self) -> u64 {
+        self.per_project.load(Ordering::Relaxed)
     }
 
     /// A login slot for a connection from `ip`.
@@ -73,8 +110,15 @@ impl Limits {
     }
 
     /// A session slot, or `None` when `max_connections` sessions are open.
-    pub fn session_slot(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.sessions).try_acquire_owned().ok()
+    pub fn session_slot(&self) -> Option<SessionSlot> {
+        let max = self.max_sessions.load(Ordering::Relaxed);
+        if self.open_sessions.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open_sessions.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SessionSlot {
+            open: Arc::clone(&self.open_sessions),
+        })
     }
 
     /// Login slots held by `ip` now (for tests and logs).
@@ -82,6 +126,17 @@ impl Limits {
         let ip = crate::throttle::address_key(ip);
         let by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         by_ip.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// A held session slot.
+pub struct SessionSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -151,5 +206,27 @@ mod tests {
         assert!(limits.session_slot().is_none());
         drop(session);
         assert!(limits.session_slot().is_some());
+    }
+
+    #[test]
+    fn session_limits_change_while_serving_without_cutting_sessions() {
+        let limits = Limits::new(10, 5, 2);
+        let a = limits.session_slot().expect("first");
+        let b = limits.session_slot().expect("second");
+        assert!(limits.session_slot().is_none(), "at the limit");
+        limits.set_max_sessions(1);
+        drop(a);
+        assert!(
+            limits.session_slot().is_none(),
+            "still one open, the new limit"
+        );
+        limits.set_max_sessions(3);
+        let c = limits.session_slot().expect("raised");
+        let _d = limits.session_slot().expect("raised");
+        assert!(limits.session_slot().is_none());
+        drop((b, c));
+        assert_eq!(limits.per_project(), 0);
+        limits.set_per_project(7);
+        assert_eq!(limits.per_project(), 7);
     }
 }

@@ -164,6 +164,12 @@ fn computes_by_name_list_and_lookups_that_do_not_wake() {
         cli(&doze, &["compute", "suspend", "shop", "--mode", "nap"]).0,
         2
     );
+    // Delete by name: the compute with it; then both are gone.
+    ok(&doze, &["compute", "delete", "shop"]);
+    assert_eq!(cli(&doze, &["compute", "get", id.as_str()]).0, 3);
+    ok(&doze, &["project", "delete", "shop"]);
+    assert_eq!(cli(&doze, &["project", "get", "shop"]).0, 3);
+    assert_eq!(cli(&doze, &["project", "delete", "shop"]).0, 3);
     let out = Command::new(binary::doze())
         .args(["project", "list", "--admin", "http://127.0.0.1:9"])
         .env("DOZE_ADMIN_TOKEN", TOKEN)

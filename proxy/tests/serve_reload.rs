@@ -92,7 +92,7 @@ fn route(name: &str, backend: &str, password: &str) -> String {
 
 /// SIGHUP rereads the routes file: a project added is served, a session open meanwhile is
 /// untouched, and a broken file keeps the routes in force. It also applies the config file's
-/// log-level.
+/// log-level and session limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_routes_and_the_log_level_without_dropping_sessions() {
     use mysql_async::prelude::Queryable;
@@ -136,7 +136,11 @@ async fn sighup_reloads_routes_and_the_log_level_without_dropping_sessions() {
             + &route("second", &db.addr(), "app-password-1"),
     )
     .unwrap();
-    std::fs::write(&config, "log-level = \"debug\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "log-level = \"debug\"\nmax-connections-per-project = 1\n",
+    )
+    .unwrap();
     hup(&doze);
     let mut served = None;
     for _ in 0..50 {
@@ -157,6 +161,11 @@ async fn sighup_reloads_routes_and_the_log_level_without_dropping_sessions() {
         Some(1),
         "the session open through the reload still works"
     );
+    // The per-project limit the reload lowered to 1: the held session keeps "first" full.
+    let err = mysql_async::Conn::new(opts("first"))
+        .await
+        .expect_err("over the reloaded per-project limit");
+    assert!(err.to_string().contains("too many connections"), "{err}");
 
     // A broken file: the routes in force stay.
     std::fs::write(&routes, "[[project]]\nname = ").unwrap();

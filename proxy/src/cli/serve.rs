@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 #[cfg(feature = "control-plane")]
 use doze_control::{ControlConfig, ControlPlane, DriverKind, activity::Activity};
+use doze_proxy::limits::Limits;
 use doze_proxy::static_routes::StaticRoutes;
 use doze_proxy::{Control, ProxyConfig, Shared, accept, tls};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -231,6 +232,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let (proxy_cfg, cert) = proxy_config(&args)?;
+    let limits = Arc::new(Limits::for_config(&proxy_cfg));
     let listener = accept::bind(&proxy_cfg)
         .with_context(|| format!("binding the proxy to {}", args.proxy_listen))?;
     let proxy_addr = listener.local_addr().unwrap_or(args.proxy_listen);
@@ -244,6 +246,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cert,
         routes: routes.clone(),
         log,
+        limits: Arc::clone(&limits),
         config: args.config.clone(),
     }));
     if let Some((routes, _)) = routes {
@@ -253,10 +256,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let metrics_addr = admin.local_addr().unwrap_or(args.admin_listen);
         tokio::spawn(super::metrics_http::serve(admin, metrics, stop_rx.clone()));
         info!(proxy = %proxy_addr, metrics = %metrics_addr, "doze serving static routes");
-        run_proxy(listener, proxy_cfg, routes, stop_rx).await;
+        run_proxy(listener, proxy_cfg, limits, routes, stop_rx).await;
         return Ok(());
     }
-    run_with_control_plane(args, listener, proxy_addr, proxy_cfg, metrics, stop_rx).await
+    run_with_control_plane(
+        args,
+        listener,
+        proxy_addr,
+        (proxy_cfg, limits),
+        metrics,
+        stop_rx,
+    )
+    .await
 }
 
 #[cfg(not(feature = "control-plane"))]
@@ -264,7 +275,7 @@ async fn run_with_control_plane(
     _args: ServeArgs,
     _listener: TcpListener,
     _proxy_addr: SocketAddr,
-    _proxy_cfg: ProxyConfig,
+    _proxy: (ProxyConfig, Arc<Limits>),
     _metrics: PrometheusHandle,
     _stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -280,7 +291,7 @@ async fn run_with_control_plane(
     mut args: ServeArgs,
     listener: TcpListener,
     proxy_addr: SocketAddr,
-    proxy_cfg: ProxyConfig,
+    (proxy_cfg, limits): (ProxyConfig, Arc<Limits>),
     metrics: PrometheusHandle,
     stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -321,7 +332,7 @@ async fn run_with_control_plane(
         state = %doze_control::store::redact_dsn(&args.db_dsn),
         "doze is up"
     );
-    run_proxy(listener, proxy_cfg, Arc::clone(&control), stop_rx).await;
+    run_proxy(listener, proxy_cfg, limits, Arc::clone(&control), stop_rx).await;
     scheduler.abort();
     info!("stopping computes");
     control.shutdown().await;
@@ -334,10 +345,11 @@ async fn run_with_control_plane(
 async fn run_proxy<C: Control + Clone>(
     listener: TcpListener,
     cfg: ProxyConfig,
+    limits: Arc<Limits>,
     control: C,
     mut stop: watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared::new(cfg, control));
+    let shared = Arc::new(Shared::with_limits(cfg, control, limits));
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
         info!("shutdown requested: no longer accepting connections");
@@ -604,7 +616,9 @@ struct Reloadable {
     /// `--routes`: the routes and their file.
     routes: Option<(Arc<StaticRoutes>, PathBuf)>,
     log: LogHandle,
-    /// `--config`: its `log-level` is applied again.
+    limits: Arc<Limits>,
+    /// `--config`: its `log-level`, `max-connections` and `max-connections-per-project` are
+    /// applied again.
     config: Option<PathBuf>,
 }
 
@@ -621,6 +635,27 @@ async fn reload_on_sighup(what: Reloadable) {
     while hup.recv().await.is_some() {
         // The log level first, so the lines about the rest follow it.
         if let Some(config) = &what.config {
+            match config_limits(config) {
+                Ok((sessions, per_project)) => {
+                    if let Some(max) = sessions {
+                        what.limits.set_max_sessions(max);
+                        info!(
+                            max_connections = max,
+                            "SIGHUP: session limit set from the config file"
+                        );
+                    }
+                    if let Some(max) = per_project {
+                        what.limits.set_per_project(max);
+                        info!(
+                            max_connections_per_project = max,
+                            "SIGHUP: per-project session limit set from the config file"
+                        );
+                    }
+                }
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "SIGHUP: the config file's limits did not load; keeping the current ones")
+                }
+            }
             match config_log_level(config) {
                 Ok(Some(level)) => match tracing_subscriber::EnvFilter::try_new(&level) {
                     Ok(filter) => match what.log.reload(filter) {
@@ -661,12 +696,35 @@ async fn reload_on_sighup(what: Reloadable) {
     }
 }
 
-/// The `log-level` (or `log_level`) of a config file, if it sets one.
-fn config_log_level(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+/// The `max-connections` and `max-connections-per-project` a config file sets.
+fn config_limits(path: &std::path::Path) -> anyhow::Result<(Option<usize>, Option<u64>)> {
+    let table = read_config(path)?;
+    let number = |key: &str| -> anyhow::Result<Option<u64>> {
+        match table.get(key).or_else(|| table.get(&key.replace('-', "_"))) {
+            None => Ok(None),
+            Some(v) => v
+                .as_integer()
+                .and_then(|n| u64::try_from(n).ok())
+                .map(Some)
+                .with_context(|| format!("{key} must be a whole number, not {v}")),
+        }
+    };
+    let sessions = number("max-connections")?
+        .map(|n| usize::try_from(n).context("max-connections is too large"))
+        .transpose()?;
+    Ok((sessions, number("max-connections-per-project")?))
+}
+
+fn read_config(path: &std::path::Path) -> anyhow::Result<toml::Table> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("the config file {} is not valid TOML", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("the config file {} is not valid TOML", path.display()))
+}
+
+/// The `log-level` (or `log_level`) of a config file, if it sets one.
+fn config_log_level(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let table = read_config(path)?;
     Ok(table
         .get("log-level")
         .or_else(|| table.get("log_level"))
