@@ -299,6 +299,13 @@ fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
                 .into(),
         );
     }
+    for key in ["page_server_url", "safekeeper_url"] {
+        if let Some(v) = obj.get(key)
+            && !(v.is_null() || v.is_string())
+        {
+            return Err(format!("config.{key} must be a string (a URL)"));
+        }
+    }
     if let Some(n) = obj.get("max_connections")
         && !n.is_null()
         && n.as_u64()

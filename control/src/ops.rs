@@ -39,6 +39,7 @@ impl Lifecycle {
         project: &Project,
         config: serde_json::Value,
     ) -> Result<Compute, ControlError> {
+        validate_compute_config_shape(&config).map_err(ControlError::Invalid)?;
         self.driver
             .validate_config(&config)
             .map_err(ControlError::Invalid)?;
@@ -152,4 +153,66 @@ impl Lifecycle {
         let info = self.wake(&compute.project_id).await?;
         Ok((self.compute(id).await?, info))
     }
+}
+
+/// The types the OpenAPI document gives a compute config's known fields, whatever the driver
+/// (the driver then checks their values): a config stored with `"image": false` would be
+/// returned in every answer about the compute, against the document.
+fn validate_compute_config_shape(config: &serde_json::Value) -> Result<(), String> {
+    use serde_json::Value;
+    let Some(obj) = config.as_object() else {
+        return Err("config must be a JSON object".into());
+    };
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    if let Some(v) = obj.get("image")
+        && !(v.is_null() || v.is_string())
+    {
+        return Err(format!(
+            "config.image must be a string (an image reference), not {}",
+            kind(v)
+        ));
+    }
+    if let Some(v) = obj.get("mariadb_options")
+        && !(v.is_null() || v.is_object())
+    {
+        return Err(format!(
+            "config.mariadb_options must be an object of server options, not {}",
+            kind(v)
+        ));
+    }
+    match obj.get("resources") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(r)) => {
+            if let Some(v) = r.get("cpu")
+                && !(v.is_null() || v.is_string() || v.is_number())
+            {
+                return Err(format!(
+                    "config.resources.cpu must be a quantity like \"500m\", not {}",
+                    kind(v)
+                ));
+            }
+            if let Some(v) = r.get("memory")
+                && !(v.is_null() || v.is_string())
+            {
+                return Err(format!(
+                    "config.resources.memory must be a quantity like \"1Gi\", not {}",
+                    kind(v)
+                ));
+            }
+        }
+        Some(v) => {
+            return Err(format!(
+                "config.resources must be an object like {{\"memory\": \"1Gi\"}}, not {}",
+                kind(v)
+            ));
+        }
+    }
+    Ok(())
 }
