@@ -104,6 +104,7 @@ impl Catalog {
                 .get("max_connections")
                 .and_then(serde_json::Value::as_u64)
                 .filter(|n| *n > 0),
+            pooling: pooling_of(&project.config),
         })
     }
 
@@ -285,6 +286,26 @@ pub fn validate_project_name(name: &str) -> Result<(), String> {
 /// The largest `config.max_connections` a project may ask for (the compute's own limit).
 const MAX_PROJECT_CONNECTIONS: u64 = crate::driver::mariadb::DEFAULT_MAX_CONNECTIONS as u64;
 
+/// A project's `config.pool.mode`: reuse of backend sessions is on unless it says `"off"`.
+fn pooling_of(config: &serde_json::Value) -> bool {
+    config.pointer("/pool/mode").and_then(|m| m.as_str()) != Some("off")
+}
+
+/// `config.pool`: null, or `{"mode": "session" | "off"}`.
+fn validate_pool(pool: &serde_json::Value) -> Result<(), String> {
+    let message = "config.pool must be {\"mode\": \"session\"} (reuse logged-in backend sessions, the default) or {\"mode\": \"off\"} (a fresh login to the compute for every connection)";
+    if pool.is_null() {
+        return Ok(());
+    }
+    let Some(obj) = pool.as_object() else {
+        return Err(message.into());
+    };
+    match obj.get("mode") {
+        Some(m) if matches!(m.as_str(), Some("session" | "off")) && obj.len() == 1 => Ok(()),
+        _ => Err(message.into()),
+    }
+}
+
 fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
     let Some(obj) = config.as_object() else {
         return Err("config must be a JSON object".into());
@@ -314,6 +335,9 @@ fn validate_project_config(config: &serde_json::Value) -> Result<(), String> {
         return Err(format!(
             "config.max_connections must be a whole number from 1 to {MAX_PROJECT_CONNECTIONS}: the most sessions the project may have open through doze at once"
         ));
+    }
+    if let Some(pool) = obj.get("pool") {
+        validate_pool(pool)?;
     }
     if let Some(m) = obj.get("suspend_mode")
         && !m.is_null()

@@ -521,6 +521,10 @@ impl ControlPlane {
     async fn role_changed(&self, project: &Project, op: RoleOp) -> Result<(), ControlError> {
         let pushed = self.lifecycle.push_role_change(&project.id, op).await;
         self.catalog.changed();
+        // Sessions parked under the old password (or a deleted role) are not handed out again.
+        if let Some(a) = self.lifecycle.activity().get(&project.id) {
+            a.drain_pool();
+        }
         pushed
     }
 

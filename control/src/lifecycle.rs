@@ -162,13 +162,26 @@ impl Lifecycle {
     }
 
     /// Forgets the cached address of a project: the one place an address is dropped.
+    /// Also drains the project's pool of parked backend sessions: whatever made the address
+    /// doubtful (a suspend, freeze, stop, lost compute, failed connect) makes them doubtful.
     pub fn invalidate(&self, project_id: &str) {
         self.wake_cache.invalidate(project_id);
+        if let Some(a) = self.activity.get(project_id) {
+            a.drain_pool();
+        }
+    }
+
+    /// Connections to `project_id`'s compute that proxies (this replica's and the others')
+    /// hold parked in their pools: they are not sessions, and never keep a compute awake.
+    pub(crate) fn parked_sessions(&self, project_id: &str) -> u64 {
+        self.activity.get(project_id).map_or(0, |a| a.parked())
+            + self.replicas.remote_parked(project_id)
     }
 
     /// Forgets every cached address (another replica's notifications may have been lost).
     pub fn invalidate_all(&self) {
         self.wake_cache.invalidate_all();
+        self.activity.drain_all();
     }
 
     pub fn activity(&self) -> &Arc<Activity> {
@@ -1019,7 +1032,7 @@ impl Lifecycle {
                 Err(err)
             };
             let direct = match self.driver.client_sessions(project_id).await {
-                Ok(n) => n,
+                Ok(n) => n.saturating_sub(self.parked_sessions(project_id)),
                 Err(e) => {
                     return back_to_running(ControlError::Conflict(format!(
                         "cannot count the sessions of project {project_id}'s compute before freezing it ({e:#}); it keeps running"
@@ -1100,7 +1113,10 @@ impl Lifecycle {
             Liveness::Unknown(why) => (1, Some(why)),
             // Adopted if another replica started it, so its process list can be read here.
             Liveness::Alive(_) => match self.driver.client_sessions(&running.project_id).await {
-                Ok(n) => (n, None),
+                Ok(n) => (
+                    n.saturating_sub(self.parked_sessions(&running.project_id)),
+                    None,
+                ),
                 // Not knowing is not "none": the suspend is refused, not risked.
                 Err(e) => (1, Some(format!("{e:#}"))),
             },

@@ -57,7 +57,7 @@ pub struct Replicas {
     /// When the lease was last taken or renewed (the moment the request was sent).
     renewed: std::sync::Mutex<Option<std::time::Instant>>,
     /// Sessions and last activity per project on the other live replicas.
-    remote: std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    remote: std::sync::Mutex<std::collections::HashMap<String, (u64, u64, u64)>>,
     /// Bumped whenever another replica changed a compute: waiters of its start re-read.
     pub(crate) compute_changes: tokio::sync::watch::Sender<u64>,
     stopping: AtomicBool,
@@ -148,17 +148,27 @@ impl Replicas {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(project_id)
-            .copied()
+            .map(|&(sessions, at, _)| (sessions, at))
             .unwrap_or((0, 0))
+    }
+
+    /// Backend sessions the other live replicas hold parked in their pools for `project_id`
+    /// (connections to the compute that are not activity).
+    pub fn remote_parked(&self, project_id: &str) -> u64 {
+        self.remote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(project_id)
+            .map_or(0, |&(_, _, parked)| parked)
     }
 
     /// One heartbeat: record this replica, read the others, take or renew the lease.
     pub async fn beat(&self) -> anyhow::Result<Vec<ReplicaRow>> {
         let snapshot = self.activity.snapshot();
-        let sessions: u64 = snapshot.iter().map(|(_, s, _)| s).sum();
+        let sessions: u64 = snapshot.iter().map(|(_, s, _, _)| s).sum();
         let activity: serde_json::Map<String, serde_json::Value> = snapshot
             .into_iter()
-            .map(|(id, s, at)| (id, serde_json::json!([s, at])))
+            .map(|(id, s, at, parked)| (id, serde_json::json!([s, at, parked])))
             .collect();
         self.store
             .heartbeat(
@@ -172,14 +182,17 @@ impl Replicas {
         self.store.prune_replicas(ttl).await?;
         let live = self.store.live_replicas(ttl).await?;
         metrics::gauge!(m::REPLICAS_LIVE).set(live.len() as f64);
-        let mut remote = std::collections::HashMap::<String, (u64, u64)>::new();
+        let mut remote = std::collections::HashMap::<String, (u64, u64, u64)>::new();
         for r in live.iter().filter(|r| r.id != self.id) {
             for (project, v) in r.activity.as_object().into_iter().flatten() {
                 let sessions = v.get(0).and_then(|x| x.as_u64()).unwrap_or(0);
                 let at = v.get(1).and_then(|x| x.as_u64()).unwrap_or(0);
+                // Absent in the heartbeats of replicas older than the pool.
+                let parked = v.get(2).and_then(|x| x.as_u64()).unwrap_or(0);
                 let e = remote.entry(project.clone()).or_default();
                 e.0 += sessions;
                 e.1 = e.1.max(at);
+                e.2 += parked;
             }
         }
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote;

@@ -146,7 +146,14 @@ impl Lifecycle {
         ) {
             return false;
         }
-        match self.driver.client_sessions(project_id).await {
+        // Sessions parked in proxies' pools are connections, not activity.
+        let parked = self.parked_sessions(project_id);
+        match self
+            .driver
+            .client_sessions(project_id)
+            .await
+            .map(|n| n.saturating_sub(parked))
+        {
             Ok(0) => false,
             Ok(n) => {
                 tracing::debug!(

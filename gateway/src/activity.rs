@@ -45,13 +45,22 @@ impl Activity {
         map.get(project_id).cloned()
     }
 
-    /// Every project's (id, open sessions, last activity in ms): what a replica reports in its
-    /// heartbeat, so that the scheduler of another replica sees this one's sessions.
-    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+    /// Every project's (id, open sessions, last activity in ms, parked sessions): what a
+    /// replica reports in its heartbeat, so that the scheduler of another replica sees this
+    /// one's sessions, and knows which of the compute's connections are only parked.
+    pub fn snapshot(&self) -> Vec<(String, u64, u64, u64)> {
         let map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
-            .map(|(id, a)| (id.clone(), a.sessions(), a.last_active_ms()))
+            .map(|(id, a)| (id.clone(), a.sessions(), a.last_active_ms(), a.parked()))
             .collect()
+    }
+
+    /// Drains every project's pool of backend sessions (see [`ProjectActivity::drain_pool`]).
+    pub fn drain_all(&self) {
+        let map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+        for a in map.values() {
+            a.drain_pool();
+        }
     }
 
     /// Forgets a project (after it is deleted).
@@ -65,7 +74,21 @@ impl Activity {
 pub struct ProjectActivity {
     sessions: AtomicU64,
     last_active_ms: AtomicU64,
+    /// Backend sessions the proxy holds in its pool (or is resetting to park): connections to
+    /// the compute that are not activity, so the scheduler subtracts them from what the
+    /// compute's process list shows.
+    parked: AtomicU64,
+    /// Bumped whenever the project's parked sessions must not be reused: a suspend, freeze or
+    /// stop of the compute, an address that failed, a role change. Parked sessions remember
+    /// the value they were parked under.
+    pool_epoch: AtomicU64,
+    /// Closes the parked sessions at once when the pool is drained (set by the proxy's pool
+    /// the first time it parks one), so that a suspend finds them gone.
+    drain_hook: std::sync::OnceLock<DrainHook>,
 }
+
+/// What [`ProjectActivity::drain_pool`] calls.
+pub type DrainHook = Box<dyn Fn() + Send + Sync>;
 
 impl Default for ProjectActivity {
     fn default() -> Self {
@@ -78,6 +101,45 @@ impl ProjectActivity {
         Self {
             sessions: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(now_ms()),
+            parked: AtomicU64::new(0),
+            pool_epoch: AtomicU64::new(0),
+            drain_hook: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets what a drain calls (once; later calls are ignored).
+    pub fn set_drain_hook(&self, hook: impl FnOnce() -> DrainHook) {
+        self.drain_hook.get_or_init(hook);
+    }
+
+    /// Backend sessions parked (or being reset to be parked) for this project.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::SeqCst)
+    }
+
+    /// Counts one more parked backend session.
+    pub fn park(&self) {
+        self.parked.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts one parked backend session fewer (checked out or closed).
+    pub fn unpark(&self) {
+        let _ = self
+            .parked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// The generation parked sessions must carry to be reused.
+    pub fn pool_epoch(&self) -> u64 {
+        self.pool_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Makes every session parked so far unusable: the pool closes them instead of handing
+    /// them out (the compute is being stopped or frozen, or a role changed).
+    pub fn drain_pool(&self) {
+        self.pool_epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(hook) = self.drain_hook.get() {
+            hook();
         }
     }
 

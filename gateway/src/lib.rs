@@ -39,6 +39,9 @@ pub struct RoleLookup {
     /// The project's own limit of open sessions (its `config.max_connections`), `None` when
     /// only the proxy-wide `--max-connections-per-project` applies.
     pub max_connections: Option<u64>,
+    /// Whether the proxy may reuse backend sessions of this project (its `config.pool.mode`:
+    /// `"session"`, the default, or `"off"`).
+    pub pooling: bool,
 }
 
 /// Why a project or role could not be resolved.

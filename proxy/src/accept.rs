@@ -54,14 +54,14 @@ where
     F: Future<Output = ()>,
 {
     let tracker = TaskTracker::new();
-    let ids = AtomicU32::new(1);
+    let ids = AtomicU32::new(0);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let id = ids.fetch_add(1, Ordering::Relaxed);
+                    let id = connection_id(ids.fetch_add(1, Ordering::Relaxed));
                     admit(&shared, &tracker, stream, peer, id);
                 }
                 Err(e) => {
@@ -74,6 +74,22 @@ where
     }
     drop(listener);
     drain(tracker, shared.cfg.drain_timeout, &shared.shutdown).await;
+    shared.connector.pool.clear();
+}
+
+/// The first connection id doze hands out. MariaDB numbers its sessions from 1 up and never
+/// reaches 2^31 in practice, so an id at or above this is doze's and one below is a compute's
+/// (what a KILL names). Bits 24 to 30 are left at zero for a replica number.
+pub const FIRST_CONNECTION_ID: u32 = 0x8000_0000;
+
+/// The connection id of the `n`-th connection: the low 24 bits count (and wrap), skipping 0.
+pub fn connection_id(n: u32) -> u32 {
+    FIRST_CONNECTION_ID | (n % 0x00ff_ffff + 1)
+}
+
+/// Whether `id` is from doze's range.
+pub fn is_doze_id(id: u32) -> bool {
+    id >= FIRST_CONNECTION_ID
 }
 
 fn admit<C: Control + Clone>(

@@ -62,6 +62,15 @@ pub struct Backend {
     pub scramble: Vec<u8>,
     /// The backend leg's capabilities.
     pub capabilities: Capabilities,
+    /// MariaDB's id of the session (what `CONNECTION_ID()` returns, what KILL names).
+    pub thread_id: u32,
+    /// When the TCP connection was made: a pooled session's lifetime counts from here.
+    pub connected_at: std::time::Instant,
+    /// The compute it belongs to: its address and id (set by the connector).
+    pub address: String,
+    pub compute_id: String,
+    /// Set when the session may go back to the pool once its client leaves.
+    pub pool_key: Option<crate::pool::SessionKey>,
 }
 
 /// Opens a TCP connection to `address` within `timeout`.
@@ -80,6 +89,7 @@ pub async fn login(
     login: &Login<'_>,
     tls: Option<&BackendTls>,
 ) -> Result<Backend, ProxyError> {
+    let connected_at = std::time::Instant::now();
     if let Some((client, local)) = login.proxy_header {
         let header = proxy_protocol::v2_header(client, local);
         stream
@@ -149,6 +159,11 @@ pub async fn login(
         ok_payload: done.ok_payload,
         scramble: done.new_scramble.unwrap_or(scramble),
         capabilities,
+        thread_id: handshake.connection_id,
+        connected_at,
+        address: String::new(),
+        compute_id: String::new(),
+        pool_key: None,
     })
 }
 

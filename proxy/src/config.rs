@@ -51,6 +51,8 @@ pub struct ProxyConfig {
     pub backlog: u32,
     /// Bind with SO_REUSEPORT so several doze processes can share the port.
     pub reuse_port: bool,
+    /// Reuse of logged-in backend sessions.
+    pub pool: crate::pool::PoolConfig,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +78,7 @@ impl Default for ProxyConfig {
             backend_tls: None,
             backlog: 4096,
             reuse_port: false,
+            pool: crate::pool::PoolConfig::default(),
         }
     }
 }

@@ -18,15 +18,17 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use crate::auth::{self, Attempt, Credentials};
 use crate::backend::{Backend, Login};
 use crate::config::ProxyConfig;
-use crate::connector::Connector;
+use crate::connector::{Connector, KillError};
 use crate::control::Control;
 use crate::error::ProxyError;
 use crate::handshake::{self, ClientHello};
 use crate::limits::{Limits, LoginSlot};
 use crate::metrics;
 use crate::names;
-use crate::relay::{self, End, change_user::AuthState, change_user::SessionAuth};
+use crate::pool::{self, CheckIn};
+use crate::relay::{self, End, change_user::AuthState, change_user::SessionAuth, kill};
 use crate::route::{self, Route};
+use crate::sessions::{self, Registry};
 use crate::stream::{BackendStream, ClientStream, PacketStream};
 use crate::throttle::{self, Throttle};
 
@@ -38,8 +40,10 @@ pub struct Shared<C> {
     /// Shared with whoever changes the limits while serving (SIGHUP).
     pub limits: Arc<Limits>,
     pub throttle: Throttle,
-    /// How sessions get logged-in backends (wake, connect, login, retries).
+    /// How sessions get logged-in backends (wake, pool, connect, login, retries).
     pub connector: Connector,
+    /// Which backend session serves which client (for KILL).
+    pub sessions: Arc<Registry>,
     /// Cancelled when a shutdown's drain timeout runs out: open sessions tell their clients
     /// and close.
     pub shutdown: CancellationToken,
@@ -62,6 +66,7 @@ impl<C> Shared<C> {
             limits,
             throttle,
             connector,
+            sessions: Registry::new(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -117,6 +122,8 @@ struct Authenticated {
     project_name: String,
     /// The project's own session limit (`config.max_connections`).
     max_connections: Option<u64>,
+    /// Whether the project's backend sessions may be reused (`config.pool.mode`).
+    pooling: bool,
     credentials: Credentials,
 }
 
@@ -150,16 +157,88 @@ async fn run<C: Control + Clone>(
         (true, Some(local)) => Some((peer, local)),
         _ => None,
     };
-    let backend = match connect_backend(shared, &client, proxy_header).await {
+    let pooled = client.pooling.then_some(activity.as_ref());
+    let backend = match connect_backend(shared, &client, proxy_header, pooled).await {
         Ok(b) => b,
         Err(e) => return fail(client.conn, e).await,
     };
-    client
-        .conn
-        .write(&backend.ok_payload)
-        .await
-        .map_err(ProxyError::ClientIo)?;
-    relay_session(shared, client, backend, &activity, _session).await
+    if let Err(e) = client.conn.write(&backend.ok_payload).await {
+        // Never relayed anything: the session is as clean as it was handed over.
+        pool::quit(backend.stream);
+        return Err(ProxyError::ClientIo(e));
+    }
+    let registered = shared.sessions.register(
+        id,
+        sessions::Entry {
+            project_id: client.project_id.clone(),
+            user: client.route.user.clone(),
+            address: backend.address.clone(),
+            thread_id: backend.thread_id,
+            credentials: client.credentials.clone(),
+        },
+    );
+    debug!(thread_id = backend.thread_id, "backend session");
+    let (ended, leftover) = relay_session(shared, client, backend, &activity, _session).await;
+    drop(registered);
+    if let Some(leftover) = leftover {
+        after_session(shared, &ended, leftover, activity);
+    }
+    ended
+}
+
+/// What becomes of a backend session once its client is gone: reset and pooled when the
+/// client left cleanly and nothing changed its identity, closed otherwise.
+fn after_session<C: Control + Clone>(
+    shared: &Shared<C>,
+    ended: &Result<End, ProxyError>,
+    leftover: Leftover,
+    activity: Arc<ProjectActivity>,
+) {
+    let Leftover {
+        backend,
+        project_id,
+        changed_user,
+        credentials,
+        user,
+    } = leftover;
+    let clean = matches!(ended, Ok(End::ClientQuit));
+    match (&backend.pool_key, clean) {
+        (Some(key), true) if !changed_user => {
+            let key = key.clone();
+            let pool = Arc::clone(&shared.connector.pool);
+            let killer = shared.connector.killer();
+            let address = backend.address.clone();
+            let check_in = CheckIn {
+                project_id,
+                activity,
+                key,
+                backend,
+            };
+            let span = tracing::Span::current();
+            tokio::spawn(
+                pool::check_in(pool, check_in, move |thread_id| async move {
+                    // The client left a query running: end it, as its session is gone.
+                    let killed = killer
+                        .kill_thread(&address, &user, &credentials, thread_id, false, || true)
+                        .await;
+                    debug!(
+                        thread_id,
+                        ?killed,
+                        "killed a session its client left mid-query"
+                    );
+                })
+                .instrument(span),
+            );
+        }
+        (Some(_), _) => {
+            pool::discarded(pool::Discard::Unclean);
+            if clean {
+                pool::quit(backend.stream);
+            }
+        }
+        (None, true) => pool::quit(backend.stream),
+        (None, false) => {}
+    }
 }
 
 /// Phases 1-3 (handshake, route, authenticate), all under the handshake timeout.
@@ -269,6 +348,7 @@ async fn login_client<C: Control>(
         project_id: lookup.project_id,
         project_name: lookup.project_name,
         max_connections: lookup.max_connections,
+        pooling: lookup.pooling,
         credentials,
     })
 }
@@ -296,6 +376,7 @@ async fn connect_backend<C: Control>(
     shared: &Shared<C>,
     client: &Authenticated,
     proxy_header: Option<(SocketAddr, SocketAddr)>,
+    pooled: Option<&ProjectActivity>,
 ) -> Result<Backend, ProxyError> {
     let login = Login {
         user: &client.route.user,
@@ -309,59 +390,105 @@ async fn connect_backend<C: Control>(
     };
     shared
         .connector
-        .backend_for(&shared.control, &client.project_id, &login)
+        .backend_for(&shared.control, &client.project_id, &login, pooled)
         .await
 }
 
-/// Phase 6: relay until one side closes.
+/// What is left of a session once relaying stopped: the backend (for the pool) and who it
+/// is logged in as.
+struct Leftover {
+    backend: Backend,
+    project_id: String,
+    changed_user: bool,
+    user: String,
+    credentials: Credentials,
+}
+
+/// Phase 6: relay until one side closes. Returns how it ended and, when the backend socket is
+/// still whole, the backend.
 async fn relay_session<C: Control + Clone>(
     shared: &Shared<C>,
     client: Authenticated,
-    backend: Backend,
+    mut backend: Backend,
     activity: &Arc<ProjectActivity>,
     _session: SessionGuard,
-) -> Result<End, ProxyError> {
+) -> (Result<End, ProxyError>, Option<Leftover>) {
     info!(via = client.route.via, "session started");
     let mut auth = ConnAuth {
-        control: shared.control.clone(),
+        shared,
         project_id: client.project_id,
         project_name: client.project_name,
         state: AuthState {
             proxy_scramble: client.scramble,
             client_caps: client.hello_caps,
             backend_caps: backend.capabilities,
-            backend_scramble: backend.scramble,
+            backend_scramble: std::mem::take(&mut backend.scramble),
             user: client.route.user,
             credentials: client.credentials,
+            changed_user: false,
         },
     };
     let client = client.conn.into_parts().0;
     let shutdown = &shared.shutdown;
     // Plain sockets split without a lock (`TcpStream::split`); TLS halves share one.
-    match backend.stream {
+    let Backend {
+        stream,
+        ok_payload,
+        scramble: _,
+        capabilities,
+        thread_id,
+        connected_at,
+        address,
+        compute_id,
+        pool_key,
+    } = backend;
+    let (ended, stream) = match stream {
         BackendStream::Plain(mut tcp) => {
-            let (mut br, mut bw) = tcp.split();
-            relay_to(
-                client,
-                (&mut br, &mut bw, false),
-                activity,
-                &mut auth,
-                shutdown,
-            )
-            .await
+            let ended = {
+                let (mut br, mut bw) = tcp.split();
+                relay_to(
+                    client,
+                    (&mut br, &mut bw, false),
+                    activity,
+                    &mut auth,
+                    shutdown,
+                )
+                .await
+            };
+            (ended, BackendStream::Plain(tcp))
         }
-        tls @ BackendStream::Tls(_) => {
-            let (mut br, mut bw) = tokio::io::split(tls);
-            relay_to(
+        other => {
+            let (mut br, mut bw) = tokio::io::split(other);
+            let ended = relay_to(
                 client,
                 (&mut br, &mut bw, true),
                 activity,
                 &mut auth,
                 shutdown,
             )
-            .await
+            .await;
+            (ended, br.unsplit(bw))
         }
-    }
+    };
+    let backend = Backend {
+        stream,
+        ok_payload,
+        scramble: auth.state.backend_scramble,
+        capabilities,
+        thread_id,
+        connected_at,
+        address,
+        compute_id,
+        pool_key,
+    };
+    let leftover = Leftover {
+        backend,
+        project_id: auth.project_id,
+        changed_user: auth.state.changed_user,
+        user: auth.state.user,
+        credentials: auth.state.credentials,
+    };
+    (ended, Some(leftover))
 }
 
 async fn relay_to<BR, BW, A>(
@@ -408,26 +535,69 @@ where
     }
 }
 
-/// COM_CHANGE_USER lookups for a session, within its project only.
-struct ConnAuth<C> {
-    control: C,
+/// COM_CHANGE_USER lookups and KILLs for a session, within its project (and user) only.
+struct ConnAuth<'a, C> {
+    shared: &'a Shared<C>,
     project_id: String,
     project_name: String,
     state: AuthState,
 }
 
-impl<C: Control> SessionAuth for ConnAuth<C> {
+impl<C: Control> SessionAuth for ConnAuth<'_, C> {
     fn is_own_project(&self, key: &str) -> bool {
         key == self.project_id || key == self.project_name
     }
 
     async fn lookup(&self, user: &str) -> Result<Option<[u8; 20]>, ProxyError> {
-        let found = self.control.lookup_role(&self.project_id, user).await?;
+        let found = self
+            .shared
+            .control
+            .lookup_role(&self.project_id, user)
+            .await?;
         Ok(found.stored_hash)
     }
 
     fn state(&mut self) -> &mut AuthState {
         &mut self.state
+    }
+
+    async fn kill(&self, request: kill::KillRequest) -> Result<(), doze_protocol::ErrPacket> {
+        let registry = &self.shared.sessions;
+        let Some((id, target)) = registry.find(&self.project_id, &self.state.user, request.id)
+        else {
+            info!(
+                target = request.id,
+                "KILL of a session this user may not name; refused"
+            );
+            return Err(kill::unknown_thread(request.id));
+        };
+        info!(
+            target = id,
+            thread_id = target.thread_id,
+            query_only = request.query_only,
+            "KILL"
+        );
+        self.shared
+            .connector
+            .killer()
+            .kill_thread(
+                &target.address,
+                &target.user,
+                &self.state.credentials,
+                target.thread_id,
+                request.query_only,
+                || registry.still_serves(id, &target.address, target.thread_id),
+            )
+            .await
+            .map_err(|e| match e {
+                KillError::Gone => kill::unknown_thread(request.id),
+                KillError::Refused(err) => err,
+                KillError::Failed(why) => doze_protocol::ErrPacket::new(
+                    1105,
+                    "HY000",
+                    format!("doze: could not reach the compute to carry out the KILL: {why}"),
+                ),
+            })
     }
 }
 

@@ -12,6 +12,11 @@
 //! | `doze_proxy_bytes_total` | counter | `direction` (`client_to_backend`, `backend_to_client`) | bytes relayed |
 //! | `doze_proxy_auth_failures_total` | counter | `reason` (`bad_password`, `unknown_project`, `no_project`, `bad_name`) | refused logins |
 //! | `doze_proxy_auth_throttled_total` | counter | | logins whose answer was delayed after failed passwords |
+//! | `doze_pool_checkouts_total` | counter | `result` (`hit`, `miss`) | sessions that asked the pool for a backend session |
+//! | `doze_pool_idle_sessions` | gauge | | backend sessions parked in pools now |
+//! | `doze_pool_resets_total` | counter | `result` (`ok`, `failed`) | check-ins (COM_RESET_CONNECTION and its check) |
+//! | `doze_pool_discards_total` | counter | `reason` (`drained`, `idle_timeout`, `lifetime`, `stale`, `full`, `reset_failed`, `busy`, `unclean`, `init_db`) | backend sessions closed instead of reused |
+//! | `doze_proxy_kills_total` | counter | `result` (`done`, `refused`, `failed`) | KILL statements and COM_PROCESS_KILL doze carried out or refused |
 //! | `doze_build_info` | gauge | `version`, `commit` | 1 |
 //! | `process_*` | | | CPU, memory, open files and threads of the doze process (metrics-process) |
 
@@ -92,6 +97,34 @@ pub fn describe() {
         "doze_proxy_auth_throttled_total",
         "Logins whose answer was delayed after failed passwords"
     );
+    describe_counter!(
+        "doze_pool_checkouts_total",
+        "Sessions that asked the pool for a logged-in backend session, by result (hit, miss)"
+    );
+    describe_gauge!(
+        "doze_pool_idle_sessions",
+        "Backend sessions parked in the pools of every project now"
+    );
+    describe_counter!(
+        "doze_pool_resets_total",
+        "Backend sessions reset (COM_RESET_CONNECTION and its check) after their client left, by result"
+    );
+    describe_counter!(
+        "doze_pool_discards_total",
+        "Backend sessions closed instead of reused, by reason"
+    );
+    describe_counter!(
+        "doze_proxy_kills_total",
+        "KILL statements and COM_PROCESS_KILL commands handled by doze, by result"
+    );
+}
+
+pub fn pool_checkout(result: &'static str) {
+    counter!("doze_pool_checkouts_total", "result" => result).increment(1);
+}
+
+pub fn kill(result: &'static str) {
+    counter!("doze_proxy_kills_total", "result" => result).increment(1);
 }
 
 pub fn accepted() {

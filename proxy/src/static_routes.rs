@@ -38,8 +38,19 @@ struct ProjectEntry {
     name: String,
     id: Option<String>,
     backend: String,
+    /// `"session"` (the default): backend sessions are reused; `"off"`: never.
+    #[serde(default)]
+    pool: PoolMode,
     #[serde(default)]
     role: Vec<RoleEntry>,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum PoolMode {
+    #[default]
+    Session,
+    Off,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +64,7 @@ struct Project {
     id: String,
     name: String,
     backend: String,
+    pooling: bool,
     roles: HashMap<String, [u8; 20]>,
 }
 
@@ -144,6 +156,7 @@ fn build_project(entry: ProjectEntry) -> anyhow::Result<Project> {
         id: entry.id.unwrap_or_else(|| entry.name.clone()),
         name: entry.name,
         backend: entry.backend,
+        pooling: entry.pool == PoolMode::Session,
         roles,
     })
 }
@@ -158,6 +171,7 @@ impl Control for Arc<StaticRoutes> {
             project_name: project.name.clone(),
             stored_hash: project.roles.get(user).copied(),
             max_connections: None,
+            pooling: project.pooling,
         })
     }
 

@@ -357,3 +357,158 @@ async fn a_projects_max_connections_is_enforced() {
         assert!(err.to_string().contains("max_connections"), "{err}");
     }
 }
+
+/// The project id of a compute (the key of its pool).
+async fn project_of(env: &Env, compute: &str) -> String {
+    env.plane.compute(compute).await.unwrap().project_id
+}
+
+/// Waits until `n` backend sessions are parked in the project's pool (check-in is
+/// asynchronous: it resets the session after the client left).
+async fn parked(env: &Env, project_id: &str, n: usize) {
+    for _ in 0..250 {
+        if env.proxy.pool_idle(project_id) == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "expected {n} parked session(s), found {}",
+        env.proxy.pool_idle(project_id)
+    );
+}
+
+async fn thread_id(conn: &mut mysql_async::Conn) -> u64 {
+    conn.query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Parked sessions are connections to the compute, not clients: a full pool must not keep an
+/// idle compute awake, the suspend drains the pool, and the next compute (a new generation)
+/// never gets a session of the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_never_keeps_a_compute_awake_and_a_suspend_drains_it() {
+    let env = env(|cfg| {
+        cfg.check_interval = Duration::from_millis(200);
+    })
+    .await;
+    let compute = env
+        .project(
+            "pooled",
+            serde_json::json!({"idle_timeout": 2, "suspend_mode": "stop"}),
+        )
+        .await;
+    let project = project_of(&env, &compute).await;
+    // Five sessions at once, so five backend sessions; all go to the pool.
+    let mut conns = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..5 {
+        let mut c = connect(env.proxy.addr, "pooled.app", None).await.unwrap();
+        threads.push(thread_id(&mut c).await);
+        conns.push(c);
+    }
+    for c in conns {
+        c.disconnect().await.unwrap();
+    }
+    parked(&env, &project, 5).await;
+    let scheduler = env.plane.spawn_scheduler();
+    let mut suspended = false;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if env.state(&compute).await == ComputeState::Suspended {
+            suspended = true;
+            break;
+        }
+    }
+    scheduler.abort();
+    assert!(
+        suspended,
+        "a compute with only parked sessions was not suspended"
+    );
+    assert_eq!(
+        env.proxy.pool_idle(&project),
+        0,
+        "the suspend drained the pool"
+    );
+    // A new start: a fresh session, which works.
+    let mut conn = connect(env.proxy.addr, "pooled.app", None).await.unwrap();
+    let v: Option<i64> = conn.query_first("SELECT 7").await.unwrap();
+    assert_eq!(v, Some(7));
+    conn.disconnect().await.unwrap();
+}
+
+/// A session parked under the old password is never handed to a client of the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_drains_the_pool() {
+    let env = env(|_| {}).await;
+    let compute = env.project("rotate", serde_json::json!({})).await;
+    let project = project_of(&env, &compute).await;
+    let mut c = connect(env.proxy.addr, "rotate.app", None).await.unwrap();
+    let before = thread_id(&mut c).await;
+    c.disconnect().await.unwrap();
+    parked(&env, &project, 1).await;
+    // Reused while nothing changed.
+    let mut c = connect(env.proxy.addr, "rotate.app", None).await.unwrap();
+    assert_eq!(thread_id(&mut c).await, before, "the pool was not used");
+    c.disconnect().await.unwrap();
+    parked(&env, &project, 1).await;
+    env.plane
+        .set_role_password("rotate", "app", "rotated-pw-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        env.proxy.pool_idle(&project),
+        0,
+        "the role change drained the pool"
+    );
+    let err = connect(env.proxy.addr, "rotate.app", None)
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&err), Some(1045), "{err}");
+    let mut c = mysql_async::Conn::new(opts(env.proxy.addr, "rotate.app", "rotated-pw-1", None))
+        .await
+        .unwrap();
+    assert_ne!(
+        thread_id(&mut c).await,
+        before,
+        "a session of the old password was reused"
+    );
+    c.disconnect().await.unwrap();
+}
+
+/// `wait_timeout` counts the frozen time, so a session parked before a freeze is never used
+/// after the thaw: the freeze drains the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_drains_the_pool() {
+    let env = env(|_| {}).await;
+    let compute = env.project("chilly", serde_json::json!({})).await;
+    let project = project_of(&env, &compute).await;
+    let mut c = connect(env.proxy.addr, "chilly.app", None).await.unwrap();
+    let before = thread_id(&mut c).await;
+    c.disconnect().await.unwrap();
+    parked(&env, &project, 1).await;
+    let mut frozen = false;
+    for _ in 0..50 {
+        if env.plane.freeze_compute(&compute).await.is_ok() {
+            frozen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(frozen, "the compute could not be frozen");
+    assert_eq!(env.state(&compute).await, ComputeState::Frozen);
+    assert_eq!(
+        env.proxy.pool_idle(&project),
+        0,
+        "the freeze drained the pool"
+    );
+    let mut c = connect(env.proxy.addr, "chilly.app", None).await.unwrap();
+    assert_ne!(
+        thread_id(&mut c).await,
+        before,
+        "a session parked before the freeze was reused"
+    );
+    c.disconnect().await.unwrap();
+}

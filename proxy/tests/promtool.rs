@@ -73,6 +73,7 @@ async fn the_metrics_pass_promtool_check_metrics() {
         "doze_compute_starts_total",
         "doze_proxy_connections_accepted_total",
         "doze_proxy_auth_failures_total",
+        "doze_pool_checkouts_total",
         "process_resident_memory_bytes",
         "process_open_fds",
     ] {

@@ -207,6 +207,18 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_REUSE_PORT")]
     reuse_port: bool,
 
+    /// Logged-in backend sessions kept idle per project for the next client of the same user (0 turns reuse off everywhere; a project can turn it off with config.pool.mode = "off"). A reused session is reset with COM_RESET_CONNECTION first.
+    #[arg(long, env = "DOZE_POOL_MAX_IDLE", default_value_t = 16)]
+    pool_max_idle: usize,
+
+    /// An idle pooled session is closed after this long unused; keep it well under the computes' wait_timeout (8h by default).
+    #[arg(long, env = "DOZE_POOL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pool_idle_timeout: Duration,
+
+    /// A backend session is closed instead of pooled once this old, counted from its connect.
+    #[arg(long, env = "DOZE_POOL_MAX_LIFETIME", default_value = "1h", value_parser = parse_duration)]
+    pool_max_lifetime: Duration,
+
     /// Log format on stderr: `text` (for people) or `json` (one object per line, with the connection id, project and user of the session or the project of the lifecycle step, for log pipelines).
     #[arg(long, env = "DOZE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -397,6 +409,11 @@ fn proxy_config(
                 .map(|ca| doze_proxy::tls::backend_config(&ca, &args.backend_tls_name))
                 .transpose()?,
             reuse_port: args.reuse_port,
+            pool: doze_proxy::pool::PoolConfig {
+                max_idle: args.pool_max_idle,
+                idle_timeout: args.pool_idle_timeout,
+                max_lifetime: args.pool_max_lifetime,
+            },
             ..ProxyConfig::default()
         },
         cert,

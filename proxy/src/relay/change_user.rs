@@ -27,6 +27,9 @@ pub struct AuthState {
     pub backend_scramble: Vec<u8>,
     pub user: String,
     pub credentials: Credentials,
+    /// A COM_CHANGE_USER was handled: the backend session's user and state are no longer
+    /// the ones it was logged in with, so it is never pooled.
+    pub changed_user: bool,
 }
 
 /// What the relay needs from the connection to handle a change of user.
@@ -39,6 +42,12 @@ pub trait SessionAuth: Send {
         user: &str,
     ) -> impl Future<Output = Result<Option<[u8; 20]>, ProxyError>> + Send;
     fn state(&mut self) -> &mut AuthState;
+    /// Carries out a KILL this session's client sent, within its project and user; the ERR
+    /// is for the client (1094 for an id it may not name).
+    fn kill(
+        &self,
+        request: crate::relay::kill::KillRequest,
+    ) -> impl Future<Output = Result<(), ErrPacket>> + Send;
 }
 
 /// The four halves of a relayed session.
@@ -65,6 +74,7 @@ where
     let packet = take_packet(up, io.client_r, MAX_HANDSHAKE_PACKET)
         .await
         .map_err(ProxyError::ClientIo)?;
+    auth.state().changed_user = true;
     let mut seq = packet.seq.wrapping_add(1);
     let request = match ChangeUser::decode(&packet.payload, auth.state().client_caps) {
         Ok(r) => r,

@@ -1,9 +1,10 @@
 //! Phase 6: relay the session.
 //!
 //! Backend to client: raw bytes. Client to backend: raw bytes too, with the packet headers
-//! walked (never the payloads) to catch COM_CHANGE_USER at the start of a command, which the
-//! proxy re-signs for the backend. Everything else — COM_RESET_CONNECTION, LOAD DATA LOCAL
-//! INFILE, commands over 16 MiB — passes unchanged.
+//! walked (and only the first bytes of short queries read) to catch, at the start of a
+//! command, COM_CHANGE_USER (re-signed for the backend), COM_QUIT (the backend session may be
+//! pooled) and KILL (doze's ids, see [`kill`]). Everything else — COM_RESET_CONNECTION, LOAD
+//! DATA LOCAL INFILE, commands over 16 MiB — passes unchanged.
 //!
 //! Each direction keeps its buffer and positions in a [`Pipe`], and every await in the loop is
 //! a single cancel-safe read, write or flush, so `select!` can drop the losing branch without
@@ -13,6 +14,7 @@
 //! for both directions.
 
 pub mod change_user;
+pub mod kill;
 pub mod walker;
 
 use std::io;
@@ -25,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ProxyError;
 use crate::metrics;
 pub use change_user::SessionAuth;
-use walker::{CommandWalker, Scan};
+use walker::{Command, CommandWalker, Scan};
 
 /// Bytes buffered per direction. Pages are only touched when used, so idle sessions stay small.
 pub const BUFFER_SIZE: usize = 16 * 1024;
@@ -33,6 +35,10 @@ pub const BUFFER_SIZE: usize = 16 * 1024;
 /// How a relayed session ended normally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
+    /// The client left at a command boundary (COM_QUIT, or its socket closed between
+    /// commands): the backend session may be reset and reused.
+    ClientQuit,
+    /// The client's socket closed mid-command (in a LOAD DATA upload, inside a packet).
     ClientClosed,
     BackendClosed,
 }
@@ -40,7 +46,7 @@ pub enum End {
 impl End {
     pub fn reason(self) -> &'static str {
         match self {
-            End::ClientClosed => "client_closed",
+            End::ClientQuit | End::ClientClosed => "client_closed",
             End::BackendClosed => "backend_closed",
         }
     }
@@ -62,7 +68,7 @@ pub struct Pipe {
 enum Step {
     Moved,
     Eof,
-    ChangeUser,
+    Intercept(Command),
 }
 
 impl Pipe {
@@ -154,7 +160,7 @@ impl Pipe {
         r: &mut R,
         w: &mut W,
         walker: &mut CommandWalker,
-        intercepted: &mut bool,
+        intercepted: &mut Option<Command>,
         activity: &ProjectActivity,
     ) -> io::Result<Step>
     where
@@ -165,8 +171,8 @@ impl Pipe {
             return res.map(|()| Step::Moved);
         }
         self.compact();
-        if *intercepted {
-            return Ok(Step::ChangeUser);
+        if let Some(command) = *intercepted {
+            return Ok(Step::Intercept(command));
         }
         let n = r.read(&mut self.data[self.filled..]).await?;
         if n == 0 {
@@ -177,9 +183,9 @@ impl Pipe {
         metrics::hot().bytes_c2b.increment(n as u64);
         match walker.scan(&self.data[self.approved..self.filled]) {
             Scan::Forward(k) => self.approved += k,
-            Scan::ChangeUser { at } => {
+            Scan::Intercept { at, command } => {
                 self.approved += at;
-                *intercepted = true;
+                *intercepted = Some(command);
             }
         }
         Ok(Step::Moved)
@@ -212,7 +218,7 @@ where
     let mut up = Pipe::new(backend_flushes);
     let mut down = Pipe::new(client_flushes);
     let mut walker = CommandWalker::new();
-    let mut intercepted = false;
+    let mut intercepted = None;
     // Created and registered with the token once: a fresh `cancelled()` per turn of the loop
     // would lock the token's waiter list twice per packet.
     let cancelled = shutdown.cancelled();
@@ -222,12 +228,19 @@ where
             step = up.step_walked(client_r, backend_w, &mut walker, &mut intercepted, activity) => {
                 match step.map_err(ProxyError::ClientIo)? {
                     Step::Moved => {}
+                    Step::Eof if walker.at_boundary() && up.held().is_empty() => {
+                        return Ok(End::ClientQuit);
+                    }
                     Step::Eof => return Ok(End::ClientClosed),
-                    Step::ChangeUser => {
+                    Step::Intercept(Command::Quit) => return Ok(End::ClientQuit),
+                    Step::Intercept(command) => {
                         flush_all(&mut down, client_w).await.map_err(ProxyError::ClientIo)?;
                         let mut io = change_user::Legs { client_r, client_w, backend_r, backend_w };
-                        change_user::handle(&mut up, &mut io, auth).await?;
-                        intercepted = false;
+                        match command {
+                            Command::Kill => handle_kill(&mut up, &mut io, auth).await?,
+                            _ => change_user::handle(&mut up, &mut io, auth).await?,
+                        }
+                        intercepted = None;
                         walker.after_intercept();
                     }
                 }
@@ -239,7 +252,7 @@ where
                         flush_all(&mut down, client_w).await.map_err(ProxyError::ClientIo)?;
                         return Ok(End::BackendClosed);
                     }
-                    Step::ChangeUser => {}
+                    Step::Intercept(_) => {}
                 }
             }
             () = &mut cancelled => {
@@ -248,6 +261,50 @@ where
             }
         }
     }
+}
+
+/// Carries out (or refuses) the KILL held at the front of `up`; KILL forms doze leaves to the
+/// compute are forwarded unchanged.
+async fn handle_kill<CR, CW, BR, BW, A>(
+    up: &mut Pipe,
+    io: &mut change_user::Legs<'_, CR, CW, BR, BW>,
+    auth: &mut A,
+) -> Result<(), ProxyError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+    A: SessionAuth,
+{
+    let packet = take_packet(up, io.client_r, walker::MAX_KILL_QUERY)
+        .await
+        .map_err(ProxyError::ClientIo)?;
+    let Some(request) = kill::parse(&packet.payload) else {
+        crate::stream::write_payload(io.backend_w, packet.seq, &packet.payload)
+            .await
+            .map_err(ProxyError::BackendIo)?;
+        return Ok(());
+    };
+    let seq = packet.seq.wrapping_add(1);
+    match auth.kill(request).await {
+        Ok(()) => {
+            metrics::kill("done");
+            let ok = kill::ok_packet(seq);
+            crate::stream::write_payload(io.client_w, ok.seq, &ok.payload)
+                .await
+                .map_err(ProxyError::ClientIo)?;
+        }
+        Err(err) => {
+            metrics::kill(if err.code == 1094 {
+                "refused"
+            } else {
+                "failed"
+            });
+            crate::stream::send_err(io.client_w, seq, &err).await;
+        }
+    }
+    Ok(())
 }
 
 /// Sends the client ERR 1053 (server shutdown in progress), as MariaDB does to the sessions it

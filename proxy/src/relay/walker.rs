@@ -1,21 +1,37 @@
 //! Walks the packet headers of the client-to-backend stream without copying or parsing
-//! payloads, to find the start of a COM_CHANGE_USER, the one command the proxy must rewrite
-//! (the client signs it with the proxy's scramble, the backend expects its own).
+//! payloads, to find the start of the commands the proxy handles itself: COM_CHANGE_USER (the
+//! client signs it with the proxy's scramble, the backend expects its own), COM_QUIT (the
+//! backend session may go back to the pool), and KILL (COM_PROCESS_KILL, or a short COM_QUERY
+//! whose text starts with `KILL`: the ids it names are doze's).
 //!
 //! A packet starts a command when its sequence id is 0, unless it continues the previous one:
 //! after a 0xFFFFFF-byte fragment, or in a LOAD DATA LOCAL INFILE stream whose sequence ids wrap
 //! from 255 to 0 (the previous packet then had seq 255 and was not the empty end-of-file packet).
 
-use doze_protocol::{COM_CHANGE_USER, MAX_FRAGMENT};
+use doze_protocol::{COM_CHANGE_USER, COM_PROCESS_KILL, COM_QUERY, COM_QUIT, MAX_FRAGMENT};
+
+/// Longest COM_QUERY payload looked at for a KILL statement (`KILL HARD CONNECTION
+/// 4294967295` and some spaces fit). Longer queries pass without a look.
+pub const MAX_KILL_QUERY: usize = 96;
+
+/// A command the proxy handles itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    ChangeUser,
+    Quit,
+    /// COM_PROCESS_KILL, or a COM_QUERY starting with `KILL`.
+    Kill,
+}
 
 /// What a scan found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scan {
-    /// The first `n` bytes may be forwarded. Bytes after them (fewer than 5) are the start of a
-    /// packet header that must be held back until the command byte is known.
+    /// The first `n` bytes may be forwarded. Bytes after them are the start of a packet that
+    /// must be held back until it is known whether the proxy handles it (a header, or a short
+    /// query that may be a KILL).
     Forward(usize),
-    /// The first `at` bytes may be forwarded; a COM_CHANGE_USER packet starts at `at`.
-    ChangeUser { at: usize },
+    /// The first `at` bytes may be forwarded; a command the proxy handles starts at `at`.
+    Intercept { at: usize, command: Command },
 }
 
 /// Header-walking state carried across reads.
@@ -45,10 +61,22 @@ impl CommandWalker {
             }
             let (len, seq) = doze_protocol::parse_header([rest[0], rest[1], rest[2], rest[3]]);
             if self.starts_command(seq) && len > 0 {
-                match rest.get(4) {
+                let command = match rest.get(4) {
                     None => return Scan::Forward(pos),
-                    Some(&COM_CHANGE_USER) => return Scan::ChangeUser { at: pos },
-                    Some(_) => {}
+                    Some(&COM_CHANGE_USER) => Some(Command::ChangeUser),
+                    Some(&COM_QUIT) => Some(Command::Quit),
+                    Some(&COM_PROCESS_KILL) => Some(Command::Kill),
+                    Some(&COM_QUERY) if len <= MAX_KILL_QUERY => {
+                        // Held until whole: short, and only its first word is read.
+                        let Some(payload) = rest.get(4..4 + len) else {
+                            return Scan::Forward(pos);
+                        };
+                        is_kill_statement(&payload[1..]).then_some(Command::Kill)
+                    }
+                    Some(_) => None,
+                };
+                if let Some(command) = command {
+                    return Scan::Intercept { at: pos, command };
                 }
             }
             self.prev_seq = seq;
@@ -68,6 +96,22 @@ impl CommandWalker {
     pub fn after_intercept(&mut self) {
         *self = Self::default();
     }
+
+    /// Whether everything scanned so far ends at a command boundary that is not inside a
+    /// LOAD DATA LOCAL INFILE upload: the client's last packet was a whole command.
+    pub fn at_boundary(&self) -> bool {
+        self.remaining == 0 && self.prev_seq == 0 && self.prev_len < MAX_FRAGMENT
+    }
+}
+
+/// Whether a query text starts with the word KILL (after spaces), in any case.
+pub fn is_kill_statement(text: &[u8]) -> bool {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let rest = &text[start..];
+    rest.len() > 4 && rest[..4].eq_ignore_ascii_case(b"kill") && rest[4].is_ascii_whitespace()
 }
 
 #[cfg(test)]
@@ -87,7 +131,13 @@ mod tests {
         let at = stream.len();
         stream.extend(packet(0, b"\x11user\0"));
         let mut w = CommandWalker::new();
-        assert_eq!(w.scan(&stream), Scan::ChangeUser { at });
+        assert_eq!(
+            w.scan(&stream),
+            Scan::Intercept {
+                at,
+                command: Command::ChangeUser
+            }
+        );
     }
 
     #[test]
@@ -106,7 +156,13 @@ mod tests {
         let mut w = CommandWalker::new();
         assert_eq!(w.scan(&stream), Scan::Forward(first.len()));
         // The held header comes again with the rest.
-        assert_eq!(w.scan(&second), Scan::ChangeUser { at: 0 });
+        assert_eq!(
+            w.scan(&second),
+            Scan::Intercept {
+                at: 0,
+                command: Command::ChangeUser
+            }
+        );
     }
 
     #[test]
@@ -115,7 +171,13 @@ mod tests {
         let mut w = CommandWalker::new();
         assert_eq!(w.scan(&p[..50]), Scan::Forward(50));
         assert_eq!(w.scan(&p[50..]), Scan::Forward(p.len() - 50));
-        assert_eq!(w.scan(&packet(0, b"\x11x")), Scan::ChangeUser { at: 0 });
+        assert_eq!(
+            w.scan(&packet(0, b"\x11x")),
+            Scan::Intercept {
+                at: 0,
+                command: Command::ChangeUser
+            }
+        );
     }
 
     #[test]
@@ -130,7 +192,74 @@ mod tests {
         stream.extend(packet(1, b""));
         assert_eq!(w.scan(&stream), Scan::Forward(stream.len()));
         // After the empty end-of-file packet, seq 0 is a command again.
-        assert_eq!(w.scan(&packet(0, b"\x11u")), Scan::ChangeUser { at: 0 });
+        assert_eq!(
+            w.scan(&packet(0, b"\x11u")),
+            Scan::Intercept {
+                at: 0,
+                command: Command::ChangeUser
+            }
+        );
+    }
+
+    #[test]
+    fn quit_and_kill_are_found_and_other_queries_pass() {
+        let mut w = CommandWalker::new();
+        let select = packet(0, b"\x03SELECT 1");
+        assert_eq!(w.scan(&select), Scan::Forward(select.len()));
+        assert_eq!(
+            w.scan(&packet(0, b"\x03  kill QUERY 2147483649")),
+            Scan::Intercept {
+                at: 0,
+                command: Command::Kill
+            }
+        );
+        let mut w = CommandWalker::new();
+        assert_eq!(
+            w.scan(&packet(0, b"\x0c\x01\x00\x00\x80")),
+            Scan::Intercept {
+                at: 0,
+                command: Command::Kill
+            }
+        );
+        let mut w = CommandWalker::new();
+        assert_eq!(
+            w.scan(&packet(0, b"\x01")),
+            Scan::Intercept {
+                at: 0,
+                command: Command::Quit
+            }
+        );
+        // A word that merely starts with "kill", and a long query, are not KILL statements.
+        let mut w = CommandWalker::new();
+        let killer = packet(0, b"\x03KILLER");
+        assert_eq!(w.scan(&killer), Scan::Forward(killer.len()));
+        let mut long = b"\x03KILL ".to_vec();
+        long.extend(std::iter::repeat_n(b' ', MAX_KILL_QUERY));
+        let long = packet(0, &long);
+        assert_eq!(w.scan(&long), Scan::Forward(long.len()));
+    }
+
+    #[test]
+    fn a_short_query_is_held_until_whole() {
+        let mut w = CommandWalker::new();
+        let kill = packet(0, b"\x03KILL 7");
+        assert_eq!(w.scan(&kill[..7]), Scan::Forward(0));
+        assert_eq!(
+            w.scan(&kill),
+            Scan::Intercept {
+                at: 0,
+                command: Command::Kill
+            }
+        );
+    }
+
+    #[test]
+    fn boundary_is_not_inside_load_data() {
+        let mut w = CommandWalker::new();
+        w.scan(&packet(0, b"\x03LOAD DATA LOCAL INFILE 'f' INTO TABLE t"));
+        assert!(w.at_boundary());
+        w.scan(&packet(2, b"row\n"));
+        assert!(!w.at_boundary());
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub fn routes(projects: &[(&str, &str)]) -> String {
 /// A running proxy; stops (and drains) when dropped or on `stop`.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pool: Arc<doze_proxy::pool::Pool>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -74,14 +75,21 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let shared = Arc::new(Shared::new(cfg, control));
+        let pool = Arc::clone(&shared.connector.pool);
         let task = tokio::spawn(accept::serve(listener, shared, async move {
             let _ = rx.await;
         }));
         Proxy {
             addr,
+            pool,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Backend sessions idle in the pool of `project_id` now.
+    pub fn pool_idle(&self, project_id: &str) -> usize {
+        self.pool.idle(project_id)
     }
 
     /// Stops accepting and waits for the drain to finish.
