@@ -171,11 +171,19 @@ impl Lifecycle {
         }
     }
 
-    /// Connections to `project_id`'s compute that proxies (this replica's and the others')
-    /// hold parked in their pools: they are not sessions, and never keep a compute awake.
+    /// Connections to `project_id`'s compute that proxies (this replica's and, from their
+    /// heartbeats, the others') hold parked in their pools: they are not sessions, and never
+    /// keep a compute awake. For the scheduler's first look only.
     pub(crate) fn parked_sessions(&self, project_id: &str) -> u64 {
+        self.local_parked(project_id) + self.replicas.remote_parked(project_id)
+    }
+
+    /// This replica's parked connections to `project_id`'s compute: what the last check before
+    /// a suspend or freeze subtracts. The other replicas' counts come from heartbeats that may
+    /// be seconds old (a client may have taken a parked session since); their pools drain when
+    /// they hear the suspend, and a session still open then refuses the suspend, the safe way.
+    pub(crate) fn local_parked(&self, project_id: &str) -> u64 {
         self.activity.get(project_id).map_or(0, |a| a.parked())
-            + self.replicas.remote_parked(project_id)
     }
 
     /// Forgets every cached address (another replica's notifications may have been lost).
@@ -1032,7 +1040,7 @@ impl Lifecycle {
                 Err(err)
             };
             let direct = match self.driver.client_sessions(project_id).await {
-                Ok(n) => n.saturating_sub(self.parked_sessions(project_id)),
+                Ok(n) => n.saturating_sub(self.local_parked(project_id)),
                 Err(e) => {
                     return back_to_running(ControlError::Conflict(format!(
                         "cannot count the sessions of project {project_id}'s compute before freezing it ({e:#}); it keeps running"
@@ -1114,7 +1122,7 @@ impl Lifecycle {
             // Adopted if another replica started it, so its process list can be read here.
             Liveness::Alive(_) => match self.driver.client_sessions(&running.project_id).await {
                 Ok(n) => (
-                    n.saturating_sub(self.parked_sessions(&running.project_id)),
+                    n.saturating_sub(self.local_parked(&running.project_id)),
                     None,
                 ),
                 // Not knowing is not "none": the suspend is refused, not risked.

@@ -79,12 +79,20 @@ where
 
 /// The first connection id doze hands out. MariaDB numbers its sessions from 1 up and never
 /// reaches 2^31 in practice, so an id at or above this is doze's and one below is a compute's
-/// (what a KILL names). Bits 24 to 30 are left at zero for a replica number.
+/// (what a KILL names).
 pub const FIRST_CONNECTION_ID: u32 = 0x8000_0000;
+
+/// Bits 24 to 30 of this process's connection ids: chosen at random once, so that processes
+/// sharing a port (`--reuse-port`, replicas behind one address) rarely hand out the same id,
+/// and a KILL that reaches another process than its target's finds no session there.
+fn process_bits() -> u32 {
+    static BITS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *BITS.get_or_init(|| rand::random_range(0..128u32) << 24)
+}
 
 /// The connection id of the `n`-th connection: the low 24 bits count (and wrap), skipping 0.
 pub fn connection_id(n: u32) -> u32 {
-    FIRST_CONNECTION_ID | (n % 0x00ff_ffff + 1)
+    FIRST_CONNECTION_ID | process_bits() | (n % 0x00ff_ffff + 1)
 }
 
 /// Whether `id` is from doze's range.

@@ -157,7 +157,7 @@ async fn run<C: Control + Clone>(
         (true, Some(local)) => Some((peer, local)),
         _ => None,
     };
-    let pooled = client.pooling.then_some(activity.as_ref());
+    let pooled = (client.pooling && poolable(client.hello_caps)).then_some(activity.as_ref());
     let backend = match connect_backend(shared, &client, proxy_header, pooled).await {
         Ok(b) => b,
         Err(e) => return fail(client.conn, e).await,
@@ -167,6 +167,7 @@ async fn run<C: Control + Clone>(
         pool::quit(backend.stream);
         return Err(ProxyError::ClientIo(e));
     }
+    let kills = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let registered = shared.sessions.register(
         id,
         sessions::Entry {
@@ -175,15 +176,28 @@ async fn run<C: Control + Clone>(
             address: backend.address.clone(),
             thread_id: backend.thread_id,
             credentials: client.credentials.clone(),
+            kills: Arc::clone(&kills),
         },
     );
     debug!(thread_id = backend.thread_id, "backend session");
     let (ended, leftover) = relay_session(shared, client, backend, &activity, _session).await;
+    // Unfindable from here on: a KILL that has not yet checked its target gives up; one that
+    // has is counted in `kills`, and then the session is not pooled.
     drop(registered);
-    if let Some(leftover) = leftover {
+    if let Some(mut leftover) = leftover {
+        if kills.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            leftover.changed_user = true;
+        }
         after_session(shared, &ended, leftover, activity);
     }
     ended
+}
+
+/// Whether a client's sessions can be reused at all. MariaDB applies CLIENT_INTERACTIVE
+/// (`wait_timeout` = `interactive_timeout`) and CLIENT_IGNORE_SPACE (in `sql_mode`) at login
+/// only, and COM_RESET_CONNECTION undoes them: such clients always get a fresh login.
+fn poolable(caps: Capabilities) -> bool {
+    !caps.intersects(Capabilities::INTERACTIVE | Capabilities::IGNORE_SPACE)
 }
 
 /// What becomes of a backend session once its client is gone: reset and pooled when the
@@ -394,11 +408,21 @@ async fn connect_backend<C: Control>(
         .await
 }
 
+/// Counts a KILL in flight until dropped.
+struct KillCounted(Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for KillCounted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// What is left of a session once relaying stopped: the backend (for the pool) and who it
 /// is logged in as.
 struct Leftover {
     backend: Backend,
     project_id: String,
+    /// The session changed user, or a KILL of it was under way: never pooled.
     changed_user: bool,
     user: String,
     credentials: Credentials,
@@ -577,6 +601,10 @@ impl<C: Control> SessionAuth for ConnAuth<'_, C> {
             query_only = request.query_only,
             "KILL"
         );
+        target
+            .kills
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _counted = KillCounted(Arc::clone(&target.kills));
         self.shared
             .connector
             .killer()

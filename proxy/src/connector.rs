@@ -62,6 +62,7 @@ impl Connector {
     ) -> Result<Backend, ProxyError> {
         let pooled = pooled.filter(|_| self.pool.enabled());
         let mut retries_left = self.retries;
+        let mut full_retried = false;
         loop {
             let wake = self.wake(control, project_id).await?;
             let key = pooled.map(|_| session_key(&wake, login));
@@ -86,6 +87,18 @@ impl Connector {
             let timeout = self.login_timeout;
             match tokio::time::timeout(timeout, backend::login(tcp, login, self.tls.as_ref())).await
             {
+                Ok(Err(ProxyError::BackendErr(e)))
+                    if matches!(e.code, 1040 | 1203)
+                        && !full_retried
+                        && self.pool.idle(project_id) > 0 =>
+                {
+                    // The compute's connection limit (or the user's) is taken up partly by
+                    // parked sessions: give them back, and try once more.
+                    warn!(compute = %wake.compute_id, code = e.code, "the compute refused a login for too many connections; closing the project's parked sessions and retrying");
+                    self.pool.drain_project(project_id);
+                    full_retried = true;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Ok(logged_in) => {
                     let mut backend = logged_in?;
                     metrics::backend_login().record(started.elapsed().as_secs_f64());

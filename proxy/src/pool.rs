@@ -190,11 +190,13 @@ impl Pool {
                 }
                 p
             };
-            activity.unpark();
             gauge_idle(-1.0);
             match self.unusable(&found, activity.pool_epoch()) {
-                None => return Some(found),
-                Some(why) => close(found.backend, why),
+                None => {
+                    found.activity.unpark();
+                    return Some(found);
+                }
+                Some(why) => close_parked(found.backend, why, found.activity),
             }
         }
     }
@@ -203,9 +205,8 @@ impl Pool {
     pub fn drain_project(&self, project_id: &str) {
         let list = self.lock().remove(project_id).unwrap_or_default();
         for p in list {
-            p.activity.unpark();
             gauge_idle(-1.0);
-            close(p.backend, Discard::Drained);
+            close_parked(p.backend, Discard::Drained, p.activity);
         }
     }
 
@@ -213,9 +214,8 @@ impl Pool {
     pub fn clear(&self) {
         let all: Vec<Parked> = self.lock().drain().flat_map(|(_, list)| list).collect();
         for p in all {
-            p.activity.unpark();
             gauge_idle(-1.0);
-            close(p.backend, Discard::Drained);
+            close_parked(p.backend, Discard::Drained, p.activity);
         }
     }
 
@@ -250,8 +250,7 @@ impl Pool {
         });
         // Drained while it was being reset: the compute may be on its way down.
         if parked.epoch != activity.pool_epoch() {
-            activity.unpark();
-            close(parked.backend, Discard::Drained);
+            close_parked(parked.backend, Discard::Drained, parked.activity);
             return;
         }
         let evicted = {
@@ -262,9 +261,8 @@ impl Pool {
         };
         gauge_idle(1.0);
         if let Some(old) = evicted {
-            activity.unpark();
             gauge_idle(-1.0);
-            close(old.backend, Discard::Full);
+            close_parked(old.backend, Discard::Full, old.activity);
         }
     }
 
@@ -304,6 +302,10 @@ impl Pool {
                         Some(Discard::IdleTimeout)
                     } else if p.activity.pool_epoch() != p.epoch {
                         Some(Discard::Drained)
+                    } else if !is_quiet(&p.backend.stream) {
+                        // Closed by the server (a short wait_timeout, a restart): no longer a
+                        // connection to subtract from the compute's process list.
+                        Some(Discard::Stale)
                     } else {
                         None
                     };
@@ -316,9 +318,8 @@ impl Pool {
             idle.retain(|_, list| !list.is_empty());
         }
         for (p, why) in closed {
-            p.activity.unpark();
             gauge_idle(-1.0);
-            close(p.backend, why);
+            close_parked(p.backend, why, p.activity);
         }
     }
 }
@@ -339,19 +340,42 @@ pub fn close(backend: Backend, why: Discard) {
     quit(backend.stream);
 }
 
+/// Closes a parked session. It stays counted as parked until the server has closed it, so
+/// that a count of the compute's process list in between never takes it for a client.
+fn close_parked(backend: Backend, why: Discard, activity: Arc<ProjectActivity>) {
+    discarded(why);
+    debug!(
+        thread_id = backend.thread_id,
+        reason = why.as_str(),
+        "parked backend session closed"
+    );
+    quit_then(backend.stream, move || activity.unpark());
+}
+
 /// Sends COM_QUIT and drops the socket, in the background when a runtime is there.
-pub fn quit(mut stream: BackendStream) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                stream
-                    .write_all(&[1, 0, 0, 0, doze_protocol::COM_QUIT])
-                    .await?;
-                stream.shutdown().await
-            })
-            .await;
-        });
-    }
+pub fn quit(stream: BackendStream) {
+    quit_then(stream, || {});
+}
+
+/// COM_QUIT, then waits (at most a second) for the server to close its end, then `done`.
+fn quit_then(mut stream: BackendStream, done: impl FnOnce() + Send + 'static) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        done();
+        return;
+    };
+    runtime.spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream
+                .write_all(&[1, 0, 0, 0, doze_protocol::COM_QUIT])
+                .await?;
+            stream.flush().await?;
+            let mut sink = [0u8; 256];
+            while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+            std::io::Result::Ok(())
+        })
+        .await;
+        done();
+    });
 }
 
 /// True when nothing is waiting to be read on an idle session's socket: a parked session
@@ -387,8 +411,7 @@ where
 {
     c.activity.park();
     if c.backend.connected_at.elapsed() >= pool.cfg.max_lifetime {
-        c.activity.unpark();
-        close(c.backend, Discard::Lifetime);
+        close_parked(c.backend, Discard::Lifetime, c.activity);
         return;
     }
     let epoch = c.activity.pool_epoch();
@@ -419,15 +442,14 @@ where
                 thread_id = c.backend.thread_id,
                 "session not reusable: {why}"
             );
-            c.activity.unpark();
-            close(c.backend, Discard::ResetFailed);
+            close_parked(c.backend, Discard::ResetFailed, c.activity);
         }
         Err(_) => {
             let thread_id = c.backend.thread_id;
-            c.activity.unpark();
             discarded(Discard::Busy);
             drop(c.backend);
             kill(thread_id).await;
+            c.activity.unpark();
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Entry {
     pub address: String,
     pub thread_id: u32,
     pub credentials: Credentials,
+    /// KILLs of this session being carried out.
+    pub kills: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Every session relaying now, by doze connection id.
@@ -35,12 +37,21 @@ impl Registry {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records session `id` until the guard is dropped.
+    /// Records session `id` until the guard is dropped. An id still in use (the counter
+    /// wrapped past a session older than 16 million connections) keeps its first session;
+    /// the new one is then not found by that id.
     pub fn register(self: &Arc<Self>, id: u32, entry: Entry) -> Registered {
-        self.lock().insert(id, entry);
+        let owned = match self.lock().entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(entry);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        };
         Registered {
             registry: Arc::clone(self),
             id,
+            owned,
         }
     }
 
@@ -73,10 +84,26 @@ impl Registry {
 pub struct Registered {
     registry: Arc<Registry>,
     id: u32,
+    owned: bool,
+}
+
+impl Registered {
+    /// Whether a KILL of this session is being carried out right now (then its backend
+    /// session must not go back to the pool: the KILL could land on the next client).
+    pub fn kill_in_flight(&self) -> bool {
+        self.owned
+            && self
+                .registry
+                .lock()
+                .get(&self.id)
+                .is_some_and(|e| e.kills.load(std::sync::atomic::Ordering::SeqCst) > 0)
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+        if self.owned {
+            self.registry.lock().remove(&self.id);
+        }
     }
 }

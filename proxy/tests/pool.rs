@@ -1027,3 +1027,60 @@ finish(hit or "nothing", elapsed)
         "the client could not kill the query:\n{out}"
     );
 }
+
+/// Parked sessions count against the compute's `max_connections`: a login another user's
+/// client needs is not refused because of them (the pool gives them back and the login is
+/// retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_sessions_make_room_when_the_compute_is_full() {
+    let db = backend_with(&["--max-connections=10"]).await;
+    let routes = routes(&[("shop", &db.addr())]);
+    let proxy = Proxy::start_static(&routes, ProxyConfig::default()).await;
+    // 10 (MariaDB's least), and one more: MariaDB keeps a slot for accounts with CONNECTION
+    // ADMIN, which the test users have.
+    let mut conns = Vec::new();
+    for _ in 0..11 {
+        conns.push(connect(proxy.addr, "shop.app", None).await.unwrap());
+    }
+    for c in conns {
+        c.disconnect().await.unwrap();
+    }
+    parked(&proxy, "id-shop", 11).await;
+    // Every slot of the compute is a parked session of `app`; `other` must still get in.
+    let mut other = Conn::new(opts(proxy.addr, "shop.other", "other-pw", None))
+        .await
+        .expect("a login refused because parked sessions filled the compute");
+    let v: Option<i64> = other.query_first("SELECT 1").await.unwrap();
+    assert_eq!(v, Some(1));
+    other.disconnect().await.unwrap();
+}
+
+/// Some drivers read doze's connection id as a signed 32-bit number and send KILL with a
+/// negative id; it names the same session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_with_the_id_read_as_signed_works() {
+    let db = backend().await;
+    let routes = routes(&[("shop", &db.addr())]);
+    let proxy = Proxy::start_static(&routes, ProxyConfig::default()).await;
+    let mut a = connect(proxy.addr, "shop.app", None).await.unwrap();
+    let doze_id = a.id();
+    let signed = doze_id as i32;
+    assert!(signed < 0, "doze ids are above 2^31: {doze_id}");
+    let sleeper = tokio::spawn(async move {
+        let r: Result<Option<i64>, _> = a.query_first("SELECT SLEEP(30)").await;
+        (r, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut b = connect(proxy.addr, "shop.app", None).await.unwrap();
+    b.query_drop(format!("KILL QUERY {signed}")).await.unwrap();
+    let killed_at = Instant::now();
+    let (r, done) = tokio::time::timeout(Duration::from_secs(5), sleeper)
+        .await
+        .expect("the sleep was not killed")
+        .unwrap();
+    assert!(
+        matches!(&r, Ok(Some(1))) || matches!(&r, Err(e) if server_code(e) == Some(1317)),
+        "{r:?}"
+    );
+    assert!(done.duration_since(killed_at) < Duration::from_secs(2));
+}

@@ -56,7 +56,13 @@ fn parse_statement(text: &str) -> Option<KillRequest> {
         }
         _ => {}
     }
-    let id = words.next()?.parse::<u64>().ok()?;
+    // Some drivers read the connection id as a signed 32-bit number (doze's ids are above
+    // 2^31), and send it back negative.
+    let word = words.next()?;
+    let id = match word.parse::<u64>() {
+        Ok(id) => id,
+        Err(_) => u64::from(word.parse::<i32>().ok().filter(|v| *v < 0)?.cast_unsigned()),
+    };
     if words.next().is_some() {
         return None;
     }
@@ -94,7 +100,8 @@ mod tests {
         assert_eq!(q("KILL USER app"), None);
         assert_eq!(q("KILL"), None);
         assert_eq!(q("KILL 7 8"), None);
-        assert_eq!(q("KILL -1"), None);
+        assert_eq!(q("KILL -2147483647"), k(0x8000_0001, false));
+        assert_eq!(q("KILL 1.5"), None);
     }
 
     #[test]

@@ -154,6 +154,18 @@ impl Pipe {
         Ok(Step::Moved)
     }
 
+    /// Scans the bytes a client sent after an intercepted packet (pipelined commands), which
+    /// would otherwise wait for the client's next read.
+    fn rescan(&mut self, walker: &mut CommandWalker, intercepted: &mut Option<Command>) {
+        match walker.scan(&self.data[self.approved..self.filled]) {
+            Scan::Forward(k) => self.approved += k,
+            Scan::Intercept { at, command } => {
+                self.approved += at;
+                *intercepted = Some(command);
+            }
+        }
+    }
+
     /// Client to backend: one write, flush or read, walking headers of what was read.
     async fn step_walked<R, W>(
         &mut self,
@@ -242,6 +254,7 @@ where
                         }
                         intercepted = None;
                         walker.after_intercept();
+                        up.rescan(&mut walker, &mut intercepted);
                     }
                 }
             }
