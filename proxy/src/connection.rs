@@ -135,7 +135,12 @@ async fn run<C: Control + Clone>(
     login_slot: LoginSlot,
 ) -> Result<End, ProxyError> {
     let cfg = &shared.cfg;
-    let local = tcp.local_addr().ok();
+    // Only the PROXY header needs it (one syscall per connection otherwise spent for nothing).
+    let local = if cfg.backend_proxy_protocol {
+        tcp.local_addr().ok()
+    } else {
+        None
+    };
     let started = Instant::now();
     let login = tokio::time::timeout(cfg.handshake_timeout, login_client(shared, tcp, peer, id));
     let mut client = login.await.map_err(|_| ProxyError::HandshakeTimeout)??;

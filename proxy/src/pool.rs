@@ -414,6 +414,12 @@ where
         close_parked(c.backend, Discard::Lifetime, c.activity);
         return;
     }
+    // A full pool would only evict its oldest session for this one: spare the compute the
+    // reset (a herd of clients leaving at once would otherwise reset hundreds of sessions).
+    if pool.idle(&c.project_id) >= pool.cfg.max_idle {
+        close_parked(c.backend, Discard::Full, c.activity);
+        return;
+    }
     let epoch = c.activity.pool_epoch();
     let reset = tokio::time::timeout(
         CHECK_IN_TIMEOUT,
@@ -477,14 +483,17 @@ where
     put_packet(&mut out, select.as_bytes());
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())?;
+    // The answers come in one or two segments: read them through a buffer, not with two
+    // exact reads per packet.
+    let mut answers = tokio::io::BufReader::with_capacity(2048, &mut *stream);
     for what in ["the reset", "the character set"] {
-        let p = read(stream).await?;
+        let p = read(&mut answers).await?;
         if p.seq != 1 || p.payload.first() != Some(&0x00) {
             return Err(format!("{what} was not answered by an OK"));
         }
     }
-    let database = read_nonce_row(stream, caps, &nonce).await?;
-    if !is_quiet_stream(stream) {
+    let database = read_nonce_row(&mut answers, caps, &nonce).await?;
+    if !answers.buffer().is_empty() || !is_quiet_stream(stream) {
         return Err("more bytes followed the check".into());
     }
     Ok(database)
