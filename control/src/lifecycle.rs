@@ -1200,7 +1200,16 @@ impl Lifecycle {
     /// Makes the store match reality after a restart: adopt what still runs, mark the rest
     /// suspended.
     pub(crate) async fn reconcile(&self) -> anyhow::Result<()> {
+        // Names for the log lines: operators know their projects by name, not by UUID.
+        let names: std::collections::HashMap<String, String> = self
+            .store
+            .list_projects()
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p.name))
+            .collect();
         for c in self.store.list_computes().await? {
+            let project = names.get(&c.project_id).map_or("?", String::as_str);
             let shared = self.store.is_shared();
             if shared
                 && matches!(c.state, ComputeState::Starting | ComputeState::Suspending)
@@ -1233,7 +1242,7 @@ impl Lifecycle {
                         .await?;
                     }
                     Err(e) => {
-                        tracing::warn!(project_id = %c.project_id, error = %format!("{e:#}"), "cannot adopt a running compute now; leaving it to the scheduler");
+                        tracing::warn!(project_id = %c.project_id, project, error = %format!("{e:#}"), "cannot adopt a running compute now; leaving it to the scheduler");
                     }
                 }
                 continue;
@@ -1248,7 +1257,7 @@ impl Lifecycle {
                 Ok(found) => found,
                 Err(e) => {
                     let msg = format!("{e:#}");
-                    tracing::warn!(project_id = %c.project_id, compute_id = %c.id, error = %msg, "adopting a compute failed; marking it suspended");
+                    tracing::warn!(project_id = %c.project_id, project, compute_id = %c.id, error = %msg, "adopting a compute failed; marking it suspended");
                     if matches!(
                         c.state,
                         ComputeState::Running
@@ -1265,8 +1274,7 @@ impl Lifecycle {
                     continue;
                 }
             };
-            let span =
-                tracing::info_span!("reconcile", project_id = %c.project_id, compute_id = %c.id);
+            let span = tracing::info_span!("reconcile", project_id = %c.project_id, project, compute_id = %c.id);
             let _e = span.enter();
             match found {
                 Some(run)

@@ -244,6 +244,11 @@ async fn without_a_token_doze_generates_one_that_only_its_user_can_read() {
         ],
         &[("DOZE_ADMIN_TOKEN", None), ("DOZE_ADMIN_TOKEN_FILE", None)],
     );
+    // A failed assertion below must not leave this doze (and its computes) running.
+    let mut guard = StopOnPanic {
+        pid: Some(child.id()),
+        dir: dir.path().to_path_buf(),
+    };
     let log = stderr_until(&mut child, "doze is up");
     assert!(log.contains("doze is up"), "{log}");
     let token_file = data.join("admin.token");
@@ -296,5 +301,25 @@ async fn without_a_token_doze_generates_one_that_only_its_user_can_read() {
         .collect();
     names.sort();
     assert_eq!(names, ["a b", "p%41", "q"], "the wrong role was deleted");
+    guard.pid = None;
     stop(child);
+}
+
+/// Kills a `doze serve` child and the computes under `dir` when a test fails before it
+/// stopped them itself.
+struct StopOnPanic {
+    pid: Option<u32>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            doze_control::testkit::kill_mariadbd_under(&self.dir);
+        }
+    }
 }

@@ -23,6 +23,10 @@ pub fn apply(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
         .with_context(|| format!("reading the config file {}", path.display()))?;
     let table: toml::Table = toml::from_str(&text)
         .with_context(|| format!("the config file {} is not valid TOML", path.display()))?;
+    if let Some(warning) = secrets_exposed(&path, &table) {
+        // Logging is not set up yet.
+        eprintln!("doze: warning: {warning}");
+    }
     let cli = super::Cli::command();
     let serve = cli
         .find_subcommand("serve")
@@ -69,6 +73,25 @@ pub fn apply(argv: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     Ok(out)
 }
 
+/// Keys whose values are secrets (a token, or a DSN that may carry a password).
+const SECRET_KEYS: [&str; 2] = ["admin-token", "db-dsn"];
+
+/// A warning when the file holds a secret and other users may read it (doze refuses such a
+/// token file; a config file is only warned about, as it usually holds no secret).
+fn secrets_exposed(path: &std::path::Path, table: &toml::Table) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let key = table
+        .keys()
+        .find(|k| SECRET_KEYS.contains(&k.replace('_', "-").as_str()))?;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o077;
+    (mode != 0).then(|| {
+        format!(
+            "{} holds '{key}' and other users may read it (group and other bits {mode:03o}); chmod 600 it, or move the secret to an environment file",
+            path.display()
+        )
+    })
+}
+
 /// The file named by `--config FILE`, `--config=FILE` or `DOZE_CONFIG`.
 fn config_path(argv: &[OsString]) -> Option<PathBuf> {
     let mut args = argv.iter().skip(2);
@@ -95,6 +118,30 @@ fn given_on_command_line(argv: &[OsString], long: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_readable_file_with_a_secret_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("doze.toml");
+        std::fs::write(&path, "admin_token = \"x\"\n").expect("write");
+        let table: toml::Table = toml::from_str("admin_token = \"x\"").expect("toml");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let warning = secrets_exposed(&path, &table).expect("a warning");
+        assert!(
+            warning.contains("admin_token") && warning.contains("044"),
+            "{warning}"
+        );
+        assert!(
+            !warning.contains("\"x\""),
+            "the secret is echoed: {warning}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(secrets_exposed(&path, &table), None);
+        let harmless: toml::Table = toml::from_str("log-level = \"info\"").expect("toml");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(secrets_exposed(&path, &harmless), None);
+    }
 
     fn os(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()
