@@ -1084,3 +1084,27 @@ async fn a_kill_with_the_id_read_as_signed_works() {
     );
     assert!(done.duration_since(killed_at) < Duration::from_secs(2));
 }
+
+/// A parked session the server closed (a restart, `wait_timeout`, a KILL by an administrator)
+/// is noticed at check-out and never handed to a client: the client gets a fresh session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_session_the_server_closed_is_not_handed_out() {
+    let db = backend().await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let mut a = connect(proxy.addr, "shop.app", None).await.unwrap();
+    let parked_thread = backend_thread(&mut a).await;
+    a.disconnect().await.unwrap();
+    parked(&proxy, "id-shop", 1).await;
+    let mut root = db.root().await.unwrap();
+    root.query_drop(format!("KILL {parked_thread}"))
+        .await
+        .unwrap();
+    wait_thread_gone(&mut root, parked_thread).await;
+    let mut b = connect(proxy.addr, "shop.app", None)
+        .await
+        .expect("a closed parked session reached the client");
+    assert_ne!(backend_thread(&mut b).await, parked_thread);
+    let v: Option<i64> = b.query_first("SELECT 2").await.unwrap();
+    assert_eq!(v, Some(2));
+    b.disconnect().await.unwrap();
+}

@@ -229,7 +229,26 @@ async fn backend_tls_is_verified_and_required() {
         .await
         .unwrap();
     assert_eq!(big, Some(4_000_000));
+    let thread: Option<u64> = conn.query_first("SELECT CONNECTION_ID()").await.unwrap();
     conn.disconnect().await.unwrap();
+    // The TLS backend session goes back to the pool and serves the next client.
+    for _ in 0..250 {
+        if proxy.pool_idle("id-shop") == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.pool_idle("id-shop"),
+        1,
+        "the TLS session was not parked"
+    );
+    let mut again = connect(proxy.addr, "shop.app", Some("testdb"))
+        .await
+        .unwrap();
+    let reused: Option<u64> = again.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    assert_eq!(reused, thread, "the parked TLS session was not reused");
+    again.disconnect().await.unwrap();
     proxy.stop().await;
 
     // Without --backend-tls the compute refuses the plain leg (what the flag prevents; the
