@@ -460,18 +460,8 @@ async fn relay_session<C: Control + Clone>(
     let client = client.conn.into_parts().0;
     let shutdown = &shared.shutdown;
     // Plain sockets split without a lock (`TcpStream::split`); TLS halves share one.
-    let Backend {
-        stream,
-        ok_payload,
-        scramble: _,
-        capabilities,
-        thread_id,
-        connected_at,
-        address,
-        compute_id,
-        pool_key,
-    } = backend;
-    let (ended, stream) = match stream {
+    // Moved out for the relay and put back after it (the rest of `backend` waits).
+    let (ended, stream) = match backend.stream {
         BackendStream::Plain(mut tcp) => {
             let ended = {
                 let (mut br, mut bw) = tcp.split();
@@ -499,17 +489,8 @@ async fn relay_session<C: Control + Clone>(
             (ended, br.unsplit(bw))
         }
     };
-    let backend = Backend {
-        stream,
-        ok_payload,
-        scramble: auth.state.backend_scramble,
-        capabilities,
-        thread_id,
-        connected_at,
-        address,
-        compute_id,
-        pool_key,
-    };
+    backend.stream = stream;
+    backend.scramble = auth.state.backend_scramble;
     let leftover = Leftover {
         backend,
         project_id: auth.project_id,

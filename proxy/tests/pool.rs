@@ -107,6 +107,13 @@ fn spawn_sleep(
     })
 }
 
+/// A backend with project `shop` routed to it through a fresh proxy (default settings).
+async fn shop() -> (doze_control::testkit::MariaDb, Proxy) {
+    let db = backend().await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    (db, proxy)
+}
+
 /// A client as `shop.other` (the second role of every project in `routes`).
 async fn connect_other(proxy: &Proxy, project: &str) -> Conn {
     Conn::new(opts(
@@ -339,8 +346,7 @@ async fn pool_reuses_a_session_and_nothing_leaks() {
 /// capability flags, charset and `SET AUTOCOMMIT` at connect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymysql_reuses_too() {
-    let db = backend().await;
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let (_db, proxy) = shop().await;
     let connect_py = format!(
         r#"
 import pymysql
@@ -394,8 +400,7 @@ c.close()
 /// the second user the first one's privileges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_users_never_share() {
-    let db = backend().await;
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let (_db, proxy) = shop().await;
 
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
         .await
@@ -446,8 +451,7 @@ async fn different_users_never_share() {
 async fn churn_stress_never_sees_another_clients_state() {
     const TASKS: usize = 200;
     const CONCURRENCY: usize = 20;
-    let db = backend().await;
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let (_db, proxy) = shop().await;
     let addr = proxy.addr;
 
     let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
@@ -630,9 +634,8 @@ async fn max_idle_zero_disables_pooling() {
 /// it must be discarded (closed on the server), never parked and handed to someone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_mid_result_discards() {
-    let db = backend().await;
+    let (db, proxy) = shop().await;
     let mut root = db.root().await.expect("root");
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
     // An unbuffered cursor reads one row of a ~110 MB result, then the process dies at once
     // (no COM_QUIT, the rest of the result unread).
     let script = format!(
@@ -676,9 +679,8 @@ os._exit(0)
 /// (holding locks and a thread for 30 s), and the session must not be parked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_with_a_running_query_kills_it() {
-    let db = backend().await;
+    let (db, proxy) = shop().await;
     let mut root = db.root().await.expect("root");
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
     let script = format!(
         r#"
 import pymysql
@@ -740,9 +742,8 @@ print("sleep finished", flush=True)
 /// reaches the right backend thread and interrupts the query, not the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_query_through_the_proxy() {
-    let db = backend().await;
+    let (db, proxy) = shop().await;
     let mut root = db.root().await.expect("root");
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
 
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
         .await
@@ -795,9 +796,8 @@ async fn kill_query_through_the_proxy() {
 /// session is not parked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_connection_through_the_proxy_ends_that_session() {
-    let db = backend().await;
+    let (db, proxy) = shop().await;
     let mut root = db.root().await.expect("root");
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
         .await
         .expect("connect A");
@@ -887,9 +887,8 @@ async fn kill_of_another_users_session_is_refused() {
 /// now serves someone else from the pool: KILL of the stale id must not hit the new client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_of_an_id_gone_back_to_the_pool_touches_nothing() {
-    let db = backend().await;
+    let (db, proxy) = shop().await;
     let mut root = db.root().await.expect("root");
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
 
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
         .await
@@ -931,8 +930,7 @@ async fn kill_of_an_id_gone_back_to_the_pool_touches_nothing() {
 /// with KILL interception. Driven through a pseudo-terminal so that Ctrl+C is a real SIGINT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_cli_ctrl_c_kills_the_query() {
-    let db = backend().await;
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let (_db, proxy) = shop().await;
     let bin = doze_control::mariadb::find_binary("mariadb").expect("mariadb client installed");
     let script = format!(
         r#"
@@ -1089,8 +1087,7 @@ async fn a_kill_with_the_id_read_as_signed_works() {
 /// is noticed at check-out and never handed to a client: the client gets a fresh session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_session_the_server_closed_is_not_handed_out() {
-    let db = backend().await;
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let (db, proxy) = shop().await;
     let mut a = connect(proxy.addr, "shop.app", None).await.unwrap();
     let parked_thread = backend_thread(&mut a).await;
     a.disconnect().await.unwrap();
