@@ -114,6 +114,19 @@ async fn shop() -> (doze_control::testkit::MariaDb, Proxy) {
     (db, proxy)
 }
 
+/// A client as `shop.app` on `testdb` that must be served by the parked backend `thread`.
+async fn connect_reusing(proxy: &Proxy, thread: u64, who: &str) -> Conn {
+    let mut conn = connect(proxy.addr, "shop.app", Some("testdb"))
+        .await
+        .unwrap_or_else(|e| panic!("connect {who}: {e}"));
+    assert_eq!(
+        backend_thread(&mut conn).await,
+        thread,
+        "{who} reuses the session"
+    );
+    conn
+}
+
 /// A client as `shop.other` (the second role of every project in `routes`).
 async fn connect_other(proxy: &Proxy, project: &str) -> Conn {
     Conn::new(opts(
@@ -286,14 +299,7 @@ async fn pool_reuses_a_session_and_nothing_leaks() {
     parked(&proxy, "id-shop", 1).await;
 
     // Round 2: LOCK TABLES (which cannot coexist with round 1's open transaction).
-    let mut a2 = connect(proxy.addr, "shop.app", Some("testdb"))
-        .await
-        .expect("connect A2");
-    assert_eq!(
-        backend_thread(&mut a2).await,
-        thread,
-        "A2 reuses the session"
-    );
+    let mut a2 = connect_reusing(&proxy, thread, "A2").await;
     a2.query_drop("LOCK TABLES testdb.t WRITE")
         .await
         .expect("A2: LOCK TABLES");
@@ -302,14 +308,7 @@ async fn pool_reuses_a_session_and_nothing_leaks() {
     a2.disconnect().await.expect("A2 quits");
     parked(&proxy, "id-shop", 1).await;
 
-    let mut b2 = connect(proxy.addr, "shop.app", Some("testdb"))
-        .await
-        .expect("connect B2");
-    assert_eq!(
-        backend_thread(&mut b2).await,
-        thread,
-        "B2 reuses the session"
-    );
+    let mut b2 = connect_reusing(&proxy, thread, "B2").await;
     // Under a leftover LOCK TABLES, a table not locked would be refused (1100).
     b2.query_drop("INSERT INTO testdb.t2 VALUES (1)")
         .await
