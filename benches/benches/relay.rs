@@ -6,12 +6,14 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use doze_proxy::relay::walker::{CommandWalker, Scan};
 use std::hint::black_box;
 
-fn stream_of(payload_len: usize, total: usize) -> Vec<u8> {
+/// Commands of `payload_len` bytes starting with `command` (0x17 COM_STMT_EXECUTE, 0x03
+/// COM_QUERY: short queries are also read for a leading KILL).
+fn stream_of(command: u8, payload_len: usize, total: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(total + 64);
     while out.len() < total {
         let len = payload_len;
         out.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, 0]);
-        out.push(0x17); // COM_STMT_EXECUTE
+        out.push(command);
         out.resize(out.len() + len - 1, 0x41);
     }
     out
@@ -19,8 +21,12 @@ fn stream_of(payload_len: usize, total: usize) -> Vec<u8> {
 
 fn walk(c: &mut Criterion) {
     let mut group = c.benchmark_group("relay_walk");
-    for (name, payload) in [("point_select_40B", 40usize), ("insert_16KiB", 16 * 1024)] {
-        let data = stream_of(payload, 1 << 20);
+    for (name, command, payload) in [
+        ("point_select_40B", 0x17, 40usize),
+        ("text_select_40B", 0x03, 40),
+        ("insert_16KiB", 0x17, 16 * 1024),
+    ] {
+        let data = stream_of(command, payload, 1 << 20);
         group.throughput(Throughput::Bytes(data.len() as u64));
         group.bench_function(format!("{name}_per_MiB"), |b| {
             b.iter(|| {
@@ -35,7 +41,9 @@ fn walk(c: &mut Criterion) {
                             forwarded += n;
                             pos += n.max(1);
                         }
-                        Scan::ChangeUser { .. } => unreachable!("no COM_CHANGE_USER in the stream"),
+                        Scan::Intercept { .. } => {
+                            unreachable!("no command doze handles itself in the stream")
+                        }
                     }
                 }
                 forwarded
