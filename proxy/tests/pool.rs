@@ -1104,3 +1104,55 @@ async fn a_parked_session_the_server_closed_is_not_handed_out() {
     assert_eq!(v, Some(2));
     b.disconnect().await.unwrap();
 }
+
+/// COM_PROCESS_KILL (what PyMySQL's `kill()` and the C API's `mysql_kill()` send) with the
+/// id of doze's greeting ends that session, as MariaDB's own COM_PROCESS_KILL does (it is
+/// `KILL CONNECTION`): its running query fails with a lost connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn com_process_kill_from_pymysql_works() {
+    let (_db, proxy) = shop().await;
+    let script = format!(
+        r#"
+import threading, time, pymysql
+def conn():
+    return pymysql.connect(host="127.0.0.1", port={port}, user="shop.app", password="{pw}", database="testdb")
+a = conn()
+target = a.thread_id()
+result = {{}}
+def sleep():
+    t0 = time.monotonic()
+    try:
+        cur = a.cursor()
+        cur.execute("SELECT SLEEP(30)")
+        result["value"] = cur.fetchone()[0]
+    except pymysql.MySQLError as e:
+        result["value"] = "error %d" % e.args[0]
+    result["took"] = time.monotonic() - t0
+t = threading.Thread(target=sleep)
+t.start()
+time.sleep(0.5)
+b = conn()
+b.kill(target)
+t.join(10)
+print(target >= 0x80000000)
+print(result.get("value"))
+print("%.3f" % result.get("took", 99))
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = python_client(&script).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&"True"),
+        "doze's id from the greeting: {out}"
+    );
+    // 2013: lost connection during the query; 1927: connection was killed.
+    assert!(
+        matches!(lines.get(1), Some(&"error 2013") | Some(&"error 1927")),
+        "the session was killed: {out}"
+    );
+    let took: f64 = lines.get(2).and_then(|t| t.parse().ok()).unwrap_or(99.0);
+    assert!(took < 5.0, "the sleep ended {took} s after it began: {out}");
+}
