@@ -185,16 +185,12 @@ async fn run<C: Control + Clone>(
         },
     );
     debug!(thread_id = backend.thread_id, "backend session");
-    let (ended, leftover) = relay_session(shared, client, backend, &activity, _session).await;
+    let (ended, mut leftover) = relay_session(shared, client, backend, &activity, _session).await;
     // Unfindable from here on: a KILL that has not yet checked its target gives up; one that
     // has is counted in `kills`, and then the session is not pooled.
     drop(registered);
-    if let Some(mut leftover) = leftover {
-        if kills.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            leftover.changed_user = true;
-        }
-        after_session(shared, &ended, leftover, activity);
-    }
+    leftover.reusable &= kills.load(std::sync::atomic::Ordering::SeqCst) == 0;
+    after_session(shared, &ended, leftover, activity);
     ended
 }
 
@@ -216,13 +212,13 @@ fn after_session<C: Control + Clone>(
     let Leftover {
         backend,
         project_id,
-        changed_user,
+        reusable,
         credentials,
         user,
     } = leftover;
     let clean = matches!(ended, Ok(End::ClientQuit));
     match (&backend.pool_key, clean) {
-        (Some(key), true) if !changed_user => {
+        (Some(key), true) if reusable => {
             let key = key.clone();
             let pool = Arc::clone(&shared.connector.pool);
             let killer = shared.connector.killer();
@@ -427,21 +423,22 @@ impl Drop for KillCounted {
 struct Leftover {
     backend: Backend,
     project_id: String,
-    /// The session changed user, or a KILL of it was under way: never pooled.
-    changed_user: bool,
+    /// False when the session changed user (COM_CHANGE_USER) or a KILL of it was under way:
+    /// its state is not the one it was logged in with, and it is never pooled.
+    reusable: bool,
     user: String,
     credentials: Credentials,
 }
 
-/// Phase 6: relay until one side closes. Returns how it ended and, when the backend socket is
-/// still whole, the backend.
+/// Phase 6: relay until one side closes. Returns how it ended, and the backend with who it is
+/// logged in as.
 async fn relay_session<C: Control + Clone>(
     shared: &Shared<C>,
     client: Authenticated,
     mut backend: Backend,
     activity: &Arc<ProjectActivity>,
     _session: SessionGuard,
-) -> (Result<End, ProxyError>, Option<Leftover>) {
+) -> (Result<End, ProxyError>, Leftover) {
     info!(via = client.route.via, "session started");
     let mut auth = ConnAuth {
         shared,
@@ -494,11 +491,11 @@ async fn relay_session<C: Control + Clone>(
     let leftover = Leftover {
         backend,
         project_id: auth.project_id,
-        changed_user: auth.state.changed_user,
+        reusable: !auth.state.changed_user,
         user: auth.state.user,
         credentials: auth.state.credentials,
     };
-    (ended, Some(leftover))
+    (ended, leftover)
 }
 
 async fn relay_to<BR, BW, A>(

@@ -87,19 +87,6 @@ pub struct Registered {
     owned: bool,
 }
 
-impl Registered {
-    /// Whether a KILL of this session is being carried out right now (then its backend
-    /// session must not go back to the pool: the KILL could land on the next client).
-    pub fn kill_in_flight(&self) -> bool {
-        self.owned
-            && self
-                .registry
-                .lock()
-                .get(&self.id)
-                .is_some_and(|e| e.kills.load(std::sync::atomic::Ordering::SeqCst) > 0)
-    }
-}
-
 impl Drop for Registered {
     fn drop(&mut self) {
         if self.owned {
