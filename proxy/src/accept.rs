@@ -22,19 +22,22 @@ use crate::stream::send_err;
 
 /// Binds the proxy's listening socket with the configured options.
 pub fn bind(cfg: &ProxyConfig) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(cfg.listen),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
+    TcpListener::from_std(bind_std(cfg, cfg.listen)?)
+}
+
+/// Binds a listening socket on `addr`, not yet registered with a runtime. With more than one
+/// session thread, every thread listens on the same address, which takes SO_REUSEPORT (Linux
+/// lets only processes of doze's own user join that group; computes run as other users).
+fn bind_std(cfg: &ProxyConfig, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    if cfg.reuse_port {
+    if cfg.reuse_port || cfg.threads > 1 {
         socket.set_reuse_port(true)?;
     }
     socket.set_nonblocking(true)?;
-    socket.bind(&cfg.listen.into())?;
+    socket.bind(&addr.into())?;
     socket.listen(cfg.backlog.min(i32::MAX as u32) as i32)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Per-socket options of an accepted client: no Nagle delay (the protocol is request/response
@@ -54,14 +57,13 @@ where
     F: Future<Output = ()>,
 {
     let tracker = TaskTracker::new();
-    let ids = AtomicU32::new(0);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let id = connection_id(ids.fetch_add(1, Ordering::Relaxed));
+                    let id = connection_id(CONNECTIONS.fetch_add(1, Ordering::Relaxed));
                     admit(&shared, &tracker, stream, peer, id);
                 }
                 Err(e) => {
@@ -76,6 +78,65 @@ where
     drain(tracker, shared.cfg.drain_timeout, &shared.shutdown).await;
     shared.connector.pool.clear();
 }
+
+/// Serves on `shared.cfg.threads` threads. Each runs its own single-threaded runtime and
+/// accepts on its own socket bound to the listener's address; the kernel spreads new
+/// connections over the sockets (SO_REUSEPORT), and a session stays on the thread that
+/// accepted it. That is the layout of event-driven proxies (HAProxy, Envoy): relaying a packet
+/// wakes no other thread, where tokio's shared runtime hands wake-ups between workers (futex
+/// calls and cache misses; measured in docs/benchmarks.md). Everything else (pool, limits,
+/// control plane) is shared through `shared`. Returns once every thread has drained; fails
+/// only at start, before any connection is accepted.
+pub async fn serve_on_threads<C>(
+    listener: TcpListener,
+    shared: Arc<Shared<C>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    C: Control + Clone,
+{
+    let threads = shared.cfg.threads.max(1);
+    let addr = listener.local_addr()?;
+    let mut sockets = vec![listener.into_std()?];
+    for _ in 1..threads {
+        sockets.push(bind_std(&shared.cfg, addr)?);
+    }
+    let mut finished = Vec::with_capacity(threads);
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _entered = runtime.enter();
+            TcpListener::from_std(socket)?
+        };
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+        finished.push(done_rx);
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name(format!("doze-proxy-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    serve(listener, shared, shutdown.cancelled_owned()).await;
+                    let _ = done.send(());
+                    // Tasks that this thread's sessions started live on its runtime: a
+                    // compute's start and its watcher, a pooled session's check-in, database
+                    // connections of the store. Keep driving them until the process exits.
+                    std::future::pending::<()>().await
+                })
+            })?;
+    }
+    for done in finished {
+        let _ = done.await;
+    }
+    // A check-in that finished on one thread after another thread's drain cleared the pool.
+    shared.connector.pool.clear();
+    Ok(())
+}
+
+/// Connections accepted by this process, over all threads: numbers its connection ids.
+static CONNECTIONS: AtomicU32 = AtomicU32::new(0);
 
 /// The first connection id doze hands out. MariaDB numbers its sessions from 1 up and never
 /// reaches 2^31 in practice, so an id at or above this is doze's and one below is a compute's

@@ -51,6 +51,9 @@ pub struct ProxyConfig {
     pub backlog: u32,
     /// Bind with SO_REUSEPORT so several doze processes can share the port.
     pub reuse_port: bool,
+    /// Threads that carry sessions, each with its own event loop and listening socket (see
+    /// [`crate::accept::serve_on_threads`]); 0 runs them on the caller's runtime.
+    pub threads: usize,
     /// Reuse of logged-in backend sessions.
     pub pool: crate::pool::PoolConfig,
 }
@@ -78,6 +81,7 @@ impl Default for ProxyConfig {
             backend_tls: None,
             backlog: 4096,
             reuse_port: false,
+            threads: 0,
             pool: crate::pool::PoolConfig::default(),
         }
     }

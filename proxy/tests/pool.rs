@@ -107,10 +107,19 @@ fn spawn_sleep(
     })
 }
 
+/// The proxy's defaults, on two session threads as `doze serve` runs it on two cores: a session
+/// parked by one thread is then often taken by a client of the other.
+fn threaded() -> ProxyConfig {
+    ProxyConfig {
+        threads: 2,
+        ..ProxyConfig::default()
+    }
+}
+
 /// A backend with project `shop` routed to it through a fresh proxy (default settings).
 async fn shop() -> (doze_control::testkit::MariaDb, Proxy) {
     let db = backend().await;
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), threaded()).await;
     (db, proxy)
 }
 
@@ -160,7 +169,7 @@ async fn pool_reuses_a_session_and_nothing_leaks() {
     )
     .await
     .expect("setup tables");
-    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), ProxyConfig::default()).await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), threaded()).await;
 
     // Round 1: client A leaves every kind of session state behind.
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
@@ -558,7 +567,7 @@ async fn pool_off_in_routes_means_fresh_sessions() {
     let shop_off = shop.replacen(&backend_line, &format!("{backend_line}pool = \"off\"\n"), 1);
     assert_ne!(shop, shop_off, "the routes file has the backend line");
     let toml = format!("{shop_off}{}", routes(&[("cafe", &addr)]));
-    let proxy = Proxy::start_static(&toml, ProxyConfig::default()).await;
+    let proxy = Proxy::start_static(&toml, threaded()).await;
 
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
         .await
@@ -611,7 +620,7 @@ async fn max_idle_zero_disables_pooling() {
             max_idle: 0,
             ..doze_proxy::pool::PoolConfig::default()
         },
-        ..ProxyConfig::default()
+        ..threaded()
     };
     let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), cfg).await;
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
@@ -836,11 +845,7 @@ async fn kill_of_another_users_session_is_refused() {
     let mut root = db.root().await.expect("root");
     let addr = db.addr();
     // Two projects on the same compute: the same MariaDB user `app` exists for both.
-    let proxy = Proxy::start_static(
-        &routes(&[("shop", &addr), ("cafe", &addr)]),
-        ProxyConfig::default(),
-    )
-    .await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &addr), ("cafe", &addr)]), threaded()).await;
 
     let mut a = connect(proxy.addr, "shop.app", Some("testdb"))
         .await
@@ -1032,7 +1037,7 @@ finish(hit or "nothing", elapsed)
 async fn parked_sessions_make_room_when_the_compute_is_full() {
     let db = backend_with(&["--max-connections=10"]).await;
     let routes = routes(&[("shop", &db.addr())]);
-    let proxy = Proxy::start_static(&routes, ProxyConfig::default()).await;
+    let proxy = Proxy::start_static(&routes, threaded()).await;
     // 10 (MariaDB's least), and one more: MariaDB keeps a slot for accounts with CONNECTION
     // ADMIN, which the test users have.
     let mut conns = Vec::new();
@@ -1058,7 +1063,7 @@ async fn parked_sessions_make_room_when_the_compute_is_full() {
 async fn a_kill_with_the_id_read_as_signed_works() {
     let db = backend().await;
     let routes = routes(&[("shop", &db.addr())]);
-    let proxy = Proxy::start_static(&routes, ProxyConfig::default()).await;
+    let proxy = Proxy::start_static(&routes, threaded()).await;
     let mut a = connect(proxy.addr, "shop.app", None).await.unwrap();
     let doze_id = a.id();
     let signed = doze_id as i32;

@@ -16,6 +16,7 @@ use doze_proxy::{Control, ProxyConfig, Shared, accept, tls};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::parse_duration;
@@ -207,6 +208,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_REUSE_PORT")]
     reuse_port: bool,
 
+    /// Threads that carry client sessions, each with its own event loop and its own listening socket on the proxy port (SO_REUSEPORT): a session never moves between threads. Default: one per CPU core. 0 runs sessions on the runtime shared with the control plane.
+    #[arg(long, env = "DOZE_PROXY_THREADS")]
+    proxy_threads: Option<usize>,
+
     /// Logged-in backend sessions kept idle per project for the next client of the same user (0 turns reuse off everywhere; a project can turn it off with config.pool.mode = "off"). A reused session is reset with COM_RESET_CONNECTION first.
     #[arg(long, env = "DOZE_POOL_MAX_IDLE", default_value_t = 16)]
     pool_max_idle: usize,
@@ -268,8 +273,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let metrics_addr = admin.local_addr().unwrap_or(args.admin_listen);
         tokio::spawn(super::metrics_http::serve(admin, metrics, stop_rx.clone()));
         info!(proxy = %proxy_addr, metrics = %metrics_addr, "doze serving static routes");
-        run_proxy(listener, proxy_cfg, limits, routes, stop_rx).await;
-        return Ok(());
+        return run_proxy(listener, proxy_cfg, limits, routes, stop_rx).await;
     }
     run_with_control_plane(
         args,
@@ -344,14 +348,14 @@ async fn run_with_control_plane(
         state = %doze_control::store::redact_dsn(&args.db_dsn),
         "doze is up"
     );
-    run_proxy(listener, proxy_cfg, limits, Arc::clone(&control), stop_rx).await;
+    let served = run_proxy(listener, proxy_cfg, limits, Arc::clone(&control), stop_rx).await;
     scheduler.abort();
     info!("stopping computes");
     control.shutdown().await;
     let _ = admin_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
     info!("bye");
-    Ok(())
+    served
 }
 
 async fn run_proxy<C: Control + Clone>(
@@ -360,13 +364,26 @@ async fn run_proxy<C: Control + Clone>(
     limits: Arc<Limits>,
     control: C,
     mut stop: watch::Receiver<bool>,
-) {
+) -> anyhow::Result<()> {
+    let threads = cfg.threads;
     let shared = Arc::new(Shared::with_limits(cfg, control, limits));
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-        info!("shutdown requested: no longer accepting connections");
-    };
-    accept::serve(listener, shared, shutdown).await;
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            info!("shutdown requested: no longer accepting connections");
+            shutdown.cancel();
+        });
+    }
+    if threads == 0 {
+        accept::serve(listener, shared, shutdown.cancelled_owned()).await;
+        return Ok(());
+    }
+    info!(threads, "client sessions run on {threads} proxy threads");
+    accept::serve_on_threads(listener, shared, shutdown)
+        .await
+        .context("starting the proxy threads")
 }
 
 /// The proxy's settings, and the handle that reloads its TLS certificate (when it has one).
@@ -409,6 +426,9 @@ fn proxy_config(
                 .map(|ca| doze_proxy::tls::backend_config(&ca, &args.backend_tls_name))
                 .transpose()?,
             reuse_port: args.reuse_port,
+            threads: args.proxy_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            }),
             pool: doze_proxy::pool::PoolConfig {
                 max_idle: args.pool_max_idle,
                 idle_timeout: args.pool_idle_timeout,

@@ -11,7 +11,7 @@ use doze_control::testkit::MariaDb;
 use doze_proxy::static_routes::StaticRoutes;
 use doze_proxy::{ProxyConfig, Shared, accept};
 use mysql_async::{Conn, OptsBuilder};
-use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 pub const PASSWORD: &str = "app-pw";
 
@@ -54,11 +54,12 @@ pub fn routes(projects: &[(&str, &str)]) -> String {
     out
 }
 
-/// A running proxy; stops (and drains) when dropped or on `stop`.
+/// A running proxy; stops (and drains) when dropped or on `stop`. With `cfg.threads` above 0
+/// it runs on its own threads, as `doze serve` does ([`accept::serve_on_threads`]).
 pub struct Proxy {
     pub addr: SocketAddr,
     pool: Arc<doze_proxy::pool::Pool>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -73,16 +74,30 @@ impl Proxy {
     pub async fn start<C: doze_proxy::Control + Clone>(cfg: ProxyConfig, control: C) -> Proxy {
         let listener = accept::bind(&cfg).expect("bind proxy");
         let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel();
+        let stop = CancellationToken::new();
+        let threaded = cfg.threads > 0;
         let shared = Arc::new(Shared::new(cfg, control));
         let pool = Arc::clone(&shared.connector.pool);
-        let task = tokio::spawn(accept::serve(listener, shared, async move {
-            let _ = rx.await;
-        }));
+        let task = if threaded {
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    accept::serve_on_threads(listener, shared, stop)
+                        .await
+                        .expect("proxy threads");
+                }
+            })
+        } else {
+            tokio::spawn(accept::serve(
+                listener,
+                shared,
+                stop.clone().cancelled_owned(),
+            ))
+        };
         Proxy {
             addr,
             pool,
-            stop: Some(tx),
+            stop,
             task: Some(task),
         }
     }
@@ -94,9 +109,7 @@ impl Proxy {
 
     /// Stops accepting and waits for the drain to finish.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+        self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
         }
@@ -105,6 +118,7 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        self.stop.cancel();
         if let Some(task) = &self.task {
             task.abort();
         }
