@@ -529,7 +529,7 @@ async fn suspend_compute(
     ApiQuery(q): ApiQuery<SuspendQuery>,
 ) -> ApiResult<Json<Value>> {
     let mode = match q.mode.as_deref() {
-        None | Some("") => SuspendMode::Stop,
+        None => SuspendMode::Stop,
         Some(m) => m
             .parse()
             .map_err(|e: anyhow::Error| ControlError::Invalid(format!("mode: {e}")))?,

@@ -407,6 +407,16 @@ async fn contract(env: &Env) {
     )
     .await;
     assert_error(&resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    // An empty mode is a mistake too, not the default (schemathesis sent `?mode=`).
+    let resp = call(
+        r,
+        "POST",
+        &format!("/api/v1/compute/{cid}/suspend?mode="),
+        None,
+        None,
+    )
+    .await;
+    assert_error(&resp, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
     // A connection the compute has not finished closing (the start's role sync, a readiness
     // probe) still counts as a session for a moment: the freeze is refused (409) until it is
     // gone, so ask again a few times.
