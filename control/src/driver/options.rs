@@ -300,6 +300,27 @@ const CHARSETS: &[&str] = &[
     "macroman", "sjis", "swe7", "tis620", "ujis", "utf8", "utf8mb3", "utf8mb4",
 ];
 
+/// The character sets [`ALLOWED`] accepts for `character_set_server` (tests start a server
+/// with each).
+pub fn charsets() -> &'static [&'static str] {
+    CHARSETS
+}
+
+/// The collations of `charset` that `collation_server` accepts.
+pub fn collations_of(charset: &str) -> Vec<&'static str> {
+    COLLATIONS
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, of)| *of == charset)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The SQL modes `sql_mode` accepts.
+pub fn sql_modes() -> &'static [&'static str] {
+    SQL_MODES
+}
+
 /// Longest string value accepted (an SQL mode list is the longest legitimate one).
 const MAX_VALUE_LEN: usize = 512;
 
