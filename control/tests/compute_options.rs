@@ -28,7 +28,7 @@ fn sample(kind: OptionType, round: usize) -> Option<Value> {
         OptionType::Int { min, max } => ends(json!(min), json!(max)),
         OptionType::Size { min, max } => ends(json!(min), json!(max)),
         OptionType::Float { min, max } => ends(json!(min), json!(max)),
-        OptionType::Bool => Some(json!(round % 2 == 0)),
+        OptionType::Bool => Some(json!(round.is_multiple_of(2))),
         OptionType::Enum(values) => Some(json!(values[round % values.len()])),
         OptionType::SqlMode => {
             let modes = options::sql_modes();
