@@ -333,3 +333,62 @@ async fn json_logs_are_one_object_per_line_with_the_session_fields() {
         assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
     }
 }
+
+/// `doze completions SHELL` and `doze man`: scripts the shells accept, and a manual page that
+/// names every command and documents the serve flags.
+#[test]
+fn completions_parse_in_their_shells_and_the_man_page_lists_every_command() {
+    let run = |args: &[&str]| {
+        let out = Command::new(binary::doze()).args(args).output().unwrap();
+        assert!(out.status.success(), "doze {args:?}: {:?}", out.status);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F"), "{bash}");
+    for word in [
+        "project",
+        "compute",
+        "role",
+        "set-password",
+        "--proxy-threads",
+    ] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    let dir = scratch_dir("doze-completions-").unwrap();
+    let script = dir.path().join("doze.bash");
+    std::fs::write(&script, &bash).unwrap();
+    // Sourced into a real bash, it registers a completion for `doze`.
+    let registered = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p doze", script.display()))
+        .output()
+        .unwrap();
+    assert!(
+        registered.status.success(),
+        "bash rejects the script: {}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    assert!(String::from_utf8_lossy(&registered.stdout).contains("doze"));
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef doze"));
+    assert!(run(&["completions", "fish"]).contains("complete -c doze"));
+    assert_eq!(
+        Command::new(binary::doze())
+            .args(["completions", "tcsh"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH doze"),
+        "not roff: {}",
+        &man[..80.min(man.len())]
+    );
+    for word in ["serve", "project", "compute", "role", "completions"] {
+        assert!(man.contains(word), "the man page lacks {word}");
+    }
+}
