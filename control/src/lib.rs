@@ -32,6 +32,7 @@ pub mod rest;
 mod scheduler;
 mod stats;
 mod time;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -411,6 +412,47 @@ impl ControlPlane {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Usage over `[from, to)` of the project `key` (id or name), or of every project, with
+    /// each row's project name; `to` is cut at now (nothing is metered ahead).
+    pub async fn usage(
+        &self,
+        key: Option<&str>,
+        from: i64,
+        to: i64,
+        granularity: usage::Granularity,
+    ) -> Result<Vec<(usage::Usage, String)>, ControlError> {
+        let now = i64::try_from(activity::now_ms()).unwrap_or(i64::MAX);
+        let projects = match key {
+            Some(key) => vec![self.project(key).await?],
+            None => self.list_projects().await?,
+        };
+        let events = self
+            .store()
+            .events_before(
+                key.and(projects.first().map(|p| p.id.as_str())),
+                to.min(now),
+            )
+            .await?;
+        let ids: Vec<String> = projects.iter().map(|p| p.id.clone()).collect();
+        let rows = usage::meter(&events, &ids, from, to, now, granularity)
+            .map_err(ControlError::Invalid)?;
+        let names: std::collections::HashMap<&str, &str> = projects
+            .iter()
+            .map(|p| (p.id.as_str(), p.name.as_str()))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let name = names
+                    .get(r.project_id.as_str())
+                    .copied()
+                    .unwrap_or("")
+                    .to_owned();
+                (r, name)
+            })
+            .collect())
     }
 
     pub async fn compute_events(&self, id: &str) -> Result<Vec<ComputeEvent>, ControlError> {

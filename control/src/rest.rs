@@ -64,6 +64,8 @@ pub fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Ro
         .route("/api/v1/compute/{id}/resume", post(resume_compute))
         .route("/api/v1/compute/{id}/events", get(compute_events))
         .route("/api/v1/wake_compute", get(wake_compute))
+        .route("/api/v1/projects/{id}/usage", get(project_usage))
+        .route("/api/v1/usage", get(all_usage))
         .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -555,6 +557,110 @@ async fn compute_events(
     Ok(Json(
         json!({"events": events.iter().map(event_json).collect::<Vec<_>>()}),
     ))
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+    granularity: Option<String>,
+}
+
+/// `?from=&to=&granularity=`: `to` defaults to now, `from` to a day before `to` by the hour and
+/// 30 days before it otherwise; granularity to `day`.
+fn usage_range(q: &UsageQuery) -> Result<(i64, i64, crate::usage::Granularity), ControlError> {
+    let granularity = match q.granularity.as_deref() {
+        None => crate::usage::Granularity::Day,
+        Some(g) => g.parse().map_err(ControlError::Invalid)?,
+    };
+    let time = |name: &str, text: &str| {
+        crate::time::parse_time(text).map_err(|e| ControlError::Invalid(format!("{name}: {e}")))
+    };
+    let to = match &q.to {
+        Some(t) => time("to", t)?,
+        None => i64::try_from(crate::activity::now_ms()).unwrap_or(i64::MAX),
+    };
+    let from = match &q.from {
+        Some(f) => time("from", f)?,
+        None if granularity == crate::usage::Granularity::Hour => to - 24 * 3_600_000,
+        None => to - 30 * 24 * 3_600_000,
+    };
+    if to <= 0 {
+        return Err(ControlError::Invalid(
+            "to: doze meters nothing before 1970".into(),
+        ));
+    }
+    Ok((from.max(0), to, granularity))
+}
+
+/// The usage answer: JSON, or CSV when the client accepts `text/csv` (and not JSON first).
+fn usage_response(
+    rows: &[(crate::usage::Usage, String)],
+    (from, to, granularity): (i64, i64, crate::usage::Granularity),
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let seconds = |ms: i64| ms as f64 / 1000.0;
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv") && !a.starts_with("application/json"));
+    if wants_csv {
+        let mut csv =
+            String::from("project_id,project,start,end,running_seconds,frozen_seconds\r\n");
+        for (u, name) in rows {
+            csv.push_str(&format!(
+                "{},{},{},{},{:.3},{:.3}\r\n",
+                u.project_id,
+                name,
+                rfc3339(u.start),
+                rfc3339(u.end),
+                seconds(u.running_ms),
+                seconds(u.frozen_ms)
+            ));
+        }
+        return ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
+    }
+    let usage: Vec<Value> = rows
+        .iter()
+        .map(|(u, name)| {
+            json!({
+                "project_id": u.project_id,
+                "project": name,
+                "start": rfc3339(u.start),
+                "end": rfc3339(u.end),
+                "running_seconds": seconds(u.running_ms),
+                "frozen_seconds": seconds(u.frozen_ms),
+            })
+        })
+        .collect();
+    Json(json!({
+        "from": rfc3339(from),
+        "to": rfc3339(to),
+        "granularity": granularity.as_str(),
+        "usage": usage,
+    }))
+    .into_response()
+}
+
+async fn project_usage(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let range = usage_range(&q)?;
+    let rows = s.plane.usage(Some(&id), range.0, range.1, range.2).await?;
+    Ok(usage_response(&rows, range, &headers))
+}
+
+async fn all_usage(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<UsageQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let range = usage_range(&q)?;
+    let rows = s.plane.usage(None, range.0, range.1, range.2).await?;
+    Ok(usage_response(&rows, range, &headers))
 }
 
 #[derive(Deserialize)]

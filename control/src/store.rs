@@ -112,6 +112,11 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         )",
         ],
     ),
+    (
+        6,
+        // Usage is metered per project from the event log (crate::usage).
+        &["CREATE INDEX compute_events_project ON compute_events (project_id, at)"],
+    ),
 ];
 
 /// The channel on which PostgreSQL tells every replica what changed (`<kind>:<project id>`),
@@ -767,12 +772,9 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes a compute. Its events stay: they are its project's usage ([`crate::usage`]).
     pub async fn delete_compute(&self, id: &str) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM compute_events WHERE compute_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         let project_id: Option<String> =
             sqlx::query_scalar("SELECT project_id FROM computes WHERE id = $1")
                 .bind(id)
@@ -803,13 +805,39 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM compute_events WHERE compute_id = $1")
-            .bind(&c.id)
-            .execute(&mut *tx)
-            .await?;
+        // The compute's events stay: they are its project's usage.
         self.notify(&mut tx, "compute", &c.project_id).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Events recorded before `to` of the computes of `project_id` (every project's with
+    /// `None`), deleted computes included; oldest first. Usage is metered from them.
+    pub async fn events_before(
+        &self,
+        project_id: Option<&str>,
+        to: i64,
+    ) -> anyhow::Result<Vec<ComputeEvent>> {
+        const COLUMNS: &str =
+            "SELECT compute_id, project_id, from_state, to_state, reason, at FROM compute_events";
+        let rows = match project_id {
+            Some(p) => {
+                sqlx::query(&format!(
+                    "{COLUMNS} WHERE project_id = $1 AND at < $2 ORDER BY at, id"
+                ))
+                .bind(p)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("{COLUMNS} WHERE at < $1 ORDER BY at, id"))
+                    .bind(to)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(event_from_row).collect()
     }
 
     pub async fn events(&self, compute_id: &str) -> anyhow::Result<Vec<ComputeEvent>> {
@@ -820,18 +848,7 @@ impl Store {
         .bind(compute_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ComputeEvent {
-                    compute_id: r.try_get("compute_id")?,
-                    project_id: r.try_get("project_id")?,
-                    from_state: r.try_get("from_state")?,
-                    to_state: r.try_get("to_state")?,
-                    reason: r.try_get("reason")?,
-                    at: r.try_get("at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
 
     // ---- roles ----
@@ -973,6 +990,17 @@ fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
             "a stored config is not valid JSON ({} bytes); fix it in the state store",
             text.len()
         )
+    })
+}
+
+fn event_from_row(r: &AnyRow) -> anyhow::Result<ComputeEvent> {
+    Ok(ComputeEvent {
+        compute_id: r.try_get("compute_id")?,
+        project_id: r.try_get("project_id")?,
+        from_state: r.try_get("from_state")?,
+        to_state: r.try_get("to_state")?,
+        reason: r.try_get("reason")?,
+        at: r.try_get("at")?,
     })
 }
 

@@ -28,9 +28,56 @@ pub struct AdminConn {
     #[arg(long, env = "DOZE_DATA_DIR", default_value = "./doze-data")]
     data_dir: std::path::PathBuf,
 
-    /// Output format: `table` (for people), or `json` / `yaml` (one document, for scripts).
-    #[arg(short = 'o', long = "output", env = "DOZE_OUTPUT", default_value = "table", value_parser = ["table", "json", "yaml"])]
+    /// Output format: `table` (for people), or `json` / `yaml` (one document, for scripts); `doze usage` also takes `csv`.
+    #[arg(short = 'o', long = "output", env = "DOZE_OUTPUT", default_value = "table", value_parser = ["table", "json", "yaml", "csv"])]
     output: String,
+}
+
+/// `doze usage [PROJECT]`.
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    /// A project's id or name; every project without it.
+    project: Option<String>,
+    /// Start: RFC 3339 (2026-11-01T00:00:00Z) or a date (2026-11-01, midnight UTC). Default: 30 days before --to, or 24 hours with --granularity hour.
+    #[arg(long)]
+    from: Option<String>,
+    /// End, exclusive, in the same forms. Default: now.
+    #[arg(long)]
+    to: Option<String>,
+    /// One row per UTC `hour`, per UTC `day`, or one `total` for the range.
+    #[arg(long, default_value = "day", value_parser = ["hour", "day", "total"])]
+    granularity: String,
+    #[command(flatten)]
+    conn: AdminConn,
+}
+
+pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
+    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+    let mut path = match &args.project {
+        Some(p) => api_path(&["projects", p, "usage"]),
+        None => "/api/v1/usage".to_owned(),
+    };
+    path.push_str(&format!("?granularity={}", args.granularity));
+    for (name, value) in [("from", &args.from), ("to", &args.to)] {
+        if let Some(v) = value {
+            path.push_str(&format!(
+                "&{name}={}",
+                utf8_percent_encode(v, NON_ALPHANUMERIC)
+            ));
+        }
+    }
+    let conn = &args.conn;
+    if conn.output == "csv" {
+        let answer = call_accepting(conn, Method::GET, &path, None, Some("text/csv")).await?;
+        print!("{}", answer.as_str().unwrap_or_default());
+        return Ok(());
+    }
+    let answer = call(conn, Method::GET, &path, None).await?;
+    match conn.output.as_str() {
+        // The rows alone, so the table has one line per row.
+        "table" => print(conn, json!({"usage": answer["usage"]})),
+        _ => print(conn, answer),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -506,8 +553,30 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
+    if conn.output == "csv" {
+        // Refused before anything is created or deleted.
+        return Err(CliError {
+            code: 2,
+            message: "-o csv is for `doze usage`; use -o json or -o yaml here".into(),
+        }
+        .into());
+    }
+    call_accepting(conn, method, path, body, None).await
+}
+
+/// [`call`] with an `Accept` header; an answer that is not JSON comes back as a string.
+async fn call_accepting(
+    conn: &AdminConn,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    accept: Option<&str>,
+) -> anyhow::Result<Value> {
     let url = format!("{}{}", conn.admin.trim_end_matches('/'), path);
     let mut request = Request::builder().method(method).uri(&url);
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
     let token = match (&conn.admin_token_file, &conn.admin_token) {
         (Some(path), _) => Some(super::read_token_file(path)?),
         (None, Some(token)) => Some(token.clone()),

@@ -33,6 +33,8 @@ pub enum Command {
     /// Create, list and delete a project's roles, and change their passwords (through the admin API).
     #[command(subcommand)]
     Role(admin::RoleCmd),
+    /// Usage per project, from the admin API: seconds the compute ran and sat frozen, per day, hour or in total (`doze usage shop --from 2026-11-01 -o csv`).
+    Usage(admin::UsageArgs),
     /// Print this doze's version and commit, and those of the running doze it talks to.
     Version(admin::AdminConn),
     /// Print a shell completion script: `doze completions bash > /etc/bash_completion.d/doze`.
@@ -50,6 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project(cmd) => admin::project(cmd).await,
         Command::Compute(cmd) => admin::compute(cmd).await,
         Command::Role(cmd) => admin::role(cmd).await,
+        Command::Usage(args) => admin::usage(args).await,
         Command::Version(conn) => admin::version(conn).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
