@@ -67,6 +67,11 @@ impl Default for FrozenPolicy {
 
 /// A quarter of the machine's memory (`MemTotal`), the default frozen memory budget.
 pub fn default_memory_budget() -> Option<u64> {
+    machine_memory().map(|bytes| bytes / 4)
+}
+
+/// The machine's memory (`MemTotal`, in bytes), when /proc says.
+pub fn machine_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 = info
         .lines()
@@ -76,7 +81,7 @@ pub fn default_memory_budget() -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    Some(kb * 1024 / 4)
+    kb.checked_mul(1024)
 }
 
 /// Which compute driver runs the computes.

@@ -567,6 +567,7 @@ impl ComputeDriver for LocalDriver {
             return Err("config must be a JSON object".into());
         }
         buffer_pool_for(config).map_err(|e| format!("{e:#}"))?;
+        memory_fits(config, crate::config::machine_memory())?;
         mariadb_options(config).map_err(|e| format!("{e:#}"))?;
         Ok(())
     }
@@ -851,6 +852,23 @@ pub fn buffer_pool_for(config: &serde_json::Value) -> anyhow::Result<String> {
     }
 }
 
+/// Refuses a `resources.memory` above the machine's memory (`machine`): its buffer pool
+/// (half of it) could not be mapped, and the compute would fail at every start.
+fn memory_fits(config: &serde_json::Value, machine: Option<u64>) -> Result<(), String> {
+    let (Some(serde_json::Value::String(text)), Some(machine)) =
+        (config.pointer("/resources/memory"), machine)
+    else {
+        return Ok(());
+    };
+    match parse_memory(text) {
+        Some(bytes) if bytes > machine => Err(format!(
+            "resources.memory {text} is more than this machine has ({} MiB)",
+            machine >> 20
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Extra server options from `config.mariadb_options`, checked against the allow-list of
 /// [`super::options`].
 pub fn mariadb_options(config: &serde_json::Value) -> anyhow::Result<Vec<String>> {
@@ -861,6 +879,20 @@ pub fn mariadb_options(config: &serde_json::Value) -> anyhow::Result<Vec<String>
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn memory_above_the_machines_is_refused() {
+        let gib = 1u64 << 30;
+        let config = json!({"resources": {"memory": "3Gi"}});
+        assert!(memory_fits(&config, Some(4 * gib)).is_ok());
+        let refused = memory_fits(&config, Some(2 * gib)).expect_err("3Gi on a 2Gi machine");
+        assert!(
+            refused.contains("more than this machine has (2048 MiB)"),
+            "{refused}"
+        );
+        assert!(memory_fits(&config, None).is_ok());
+        assert!(memory_fits(&json!({}), Some(gib)).is_ok());
+    }
 
     #[test]
     fn memory_and_buffer_pool() {
