@@ -77,6 +77,52 @@ pub struct ControlPlane {
     draining: std::sync::atomic::AtomicBool,
 }
 
+/// How often the proxy's usage counts are added to the store: a crash of doze loses at most
+/// this much of them.
+const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Adds the proxy's usage counts (sessions opened, bytes relayed) to the store every
+/// [`USAGE_FLUSH_INTERVAL`], never per packet.
+fn spawn_usage_flusher(store: Store, activity: Arc<Activity>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            flush_usage(&store, &activity).await;
+        }
+    })
+}
+
+/// Moves the counts gathered since the last flush into the store, under the current hour. A
+/// failed write puts them back, to be retried with the next flush.
+async fn flush_usage(store: &Store, activity: &Activity) {
+    let counts: Vec<store::UsageCount> = activity
+        .take_usage()
+        .into_iter()
+        .map(|(project_id, c, up, down)| store::UsageCount {
+            project_id,
+            connections: i64::try_from(c).unwrap_or(i64::MAX),
+            bytes_in: i64::try_from(up).unwrap_or(i64::MAX),
+            bytes_out: i64::try_from(down).unwrap_or(i64::MAX),
+        })
+        .collect();
+    if counts.is_empty() {
+        return;
+    }
+    let now = i64::try_from(activity::now_ms()).unwrap_or(i64::MAX);
+    if let Err(e) = store.add_usage(usage::hour_of(now), &counts).await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot write usage counts; retrying with the next flush");
+        for c in counts {
+            activity.project(&c.project_id).give_back_usage(
+                c.connections as u64,
+                c.bytes_in as u64,
+                c.bytes_out as u64,
+            );
+        }
+    }
+}
+
 /// Another replica's change, applied to this replica's caches.
 struct Invalidation {
     catalog: Arc<Catalog>,
@@ -198,6 +244,10 @@ impl ControlPlane {
         }
         replicas.beat().await?;
         tasks.push(replicas.spawn_heartbeat());
+        tasks.push(spawn_usage_flusher(
+            store.clone(),
+            Arc::clone(lifecycle.activity()),
+        ));
         tracing::info!(replica = %replicas.id, leader = replicas.is_leader(), "replica registered");
         lifecycle.reconcile().await?;
         Ok(Arc::new(ControlPlane {
@@ -297,6 +347,7 @@ impl ControlPlane {
     /// (unless computes outlive doze, or other replicas serve them), then leaves the replica
     /// set.
     pub async fn shutdown(&self) {
+        flush_usage(self.store(), self.lifecycle.activity()).await;
         self.lifecycle.shutdown().await;
         self.replicas.leave().await;
         for task in self
@@ -436,7 +487,16 @@ impl ControlPlane {
             )
             .await?;
         let ids: Vec<String> = projects.iter().map(|p| p.id.clone()).collect();
-        let rows = usage::meter(&events, &ids, from, to, now, granularity)
+        flush_usage(self.store(), self.lifecycle.activity()).await;
+        let counts = self
+            .store()
+            .usage_counts(
+                key.and(projects.first().map(|p| p.id.as_str())),
+                usage::hour_of(from),
+                to,
+            )
+            .await?;
+        let rows = usage::meter(&events, &counts, &ids, from, to, now, granularity)
             .map_err(ControlError::Invalid)?;
         let names: std::collections::HashMap<&str, &str> = projects
             .iter()

@@ -605,17 +605,21 @@ fn usage_response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/csv") && !a.starts_with("application/json"));
     if wants_csv {
-        let mut csv =
-            String::from("project_id,project,start,end,running_seconds,frozen_seconds\r\n");
+        let mut csv = String::from(
+            "project_id,project,start,end,running_seconds,frozen_seconds,connections,bytes_in,bytes_out\r\n",
+        );
         for (u, name) in rows {
             csv.push_str(&format!(
-                "{},{},{},{},{:.3},{:.3}\r\n",
+                "{},{},{},{},{:.3},{:.3},{},{},{}\r\n",
                 u.project_id,
                 name,
                 rfc3339(u.start),
                 rfc3339(u.end),
                 seconds(u.running_ms),
-                seconds(u.frozen_ms)
+                seconds(u.frozen_ms),
+                u.connections,
+                u.bytes_in,
+                u.bytes_out
             ));
         }
         return ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
@@ -630,6 +634,9 @@ fn usage_response(
                 "end": rfc3339(u.end),
                 "running_seconds": seconds(u.running_ms),
                 "frozen_seconds": seconds(u.frozen_ms),
+                "connections": u.connections,
+                "bytes_in": u.bytes_in,
+                "bytes_out": u.bytes_out,
             })
         })
         .collect();

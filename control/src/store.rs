@@ -114,8 +114,19 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     (
         6,
-        // Usage is metered per project from the event log (crate::usage).
-        &["CREATE INDEX compute_events_project ON compute_events (project_id, at)"],
+        // Usage (crate::usage): compute time from the event log, and what the proxy counted
+        // (client sessions, bytes each way), added up per project and UTC hour by every replica.
+        &[
+            "CREATE INDEX compute_events_project ON compute_events (project_id, at)",
+            "CREATE TABLE usage_counters (
+            project_id TEXT NOT NULL,
+            hour BIGINT NOT NULL,
+            connections BIGINT NOT NULL,
+            bytes_in BIGINT NOT NULL,
+            bytes_out BIGINT NOT NULL,
+            PRIMARY KEY (project_id, hour)
+        )",
+        ],
     ),
 ];
 
@@ -214,6 +225,16 @@ pub struct ComputeEvent {
     pub to_state: String,
     pub reason: String,
     pub at: i64,
+}
+
+/// What the proxy counted for one project: client sessions opened, bytes relayed from clients
+/// to the compute (`bytes_in`) and back (`bytes_out`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageCount {
+    pub project_id: String,
+    pub connections: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
 }
 
 /// A state change to record on a compute.
@@ -445,6 +466,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for sql in [
             "DELETE FROM compute_events WHERE project_id = $1",
+            "DELETE FROM usage_counters WHERE project_id = $1",
             "DELETE FROM roles WHERE project_id = $1",
             "DELETE FROM role_tombstones WHERE project_id = $1",
             "DELETE FROM computes WHERE project_id = $1",
@@ -838,6 +860,74 @@ impl Store {
             }
         };
         rows.iter().map(event_from_row).collect()
+    }
+
+    /// Adds what the proxy counted for each project to the hour starting at `hour` (ms).
+    /// An upsert that adds, so replicas flushing the same hour never overwrite each other.
+    pub async fn add_usage(&self, hour: i64, counts: &[UsageCount]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for c in counts {
+            sqlx::query(
+                "INSERT INTO usage_counters (project_id, hour, connections, bytes_in, bytes_out)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (project_id, hour) DO UPDATE SET
+                   connections = usage_counters.connections + excluded.connections,
+                   bytes_in = usage_counters.bytes_in + excluded.bytes_in,
+                   bytes_out = usage_counters.bytes_out + excluded.bytes_out",
+            )
+            .bind(&c.project_id)
+            .bind(hour)
+            .bind(c.connections)
+            .bind(c.bytes_in)
+            .bind(c.bytes_out)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Counted usage of the hours starting in `[from_hour, to)`, of `project_id` or of all.
+    pub async fn usage_counts(
+        &self,
+        project_id: Option<&str>,
+        from_hour: i64,
+        to: i64,
+    ) -> anyhow::Result<Vec<(i64, UsageCount)>> {
+        const COLUMNS: &str =
+            "SELECT project_id, hour, connections, bytes_in, bytes_out FROM usage_counters";
+        let rows = match project_id {
+            Some(p) => {
+                sqlx::query(&format!(
+                    "{COLUMNS} WHERE project_id = $1 AND hour >= $2 AND hour < $3"
+                ))
+                .bind(p)
+                .bind(from_hour)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!("{COLUMNS} WHERE hour >= $1 AND hour < $2"))
+                    .bind(from_hour)
+                    .bind(to)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("hour")?,
+                    UsageCount {
+                        project_id: r.try_get("project_id")?,
+                        connections: r.try_get("connections")?,
+                        bytes_in: r.try_get("bytes_in")?,
+                        bytes_out: r.try_get("bytes_out")?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub async fn events(&self, compute_id: &str) -> anyhow::Result<Vec<ComputeEvent>> {

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use crate::store::ComputeEvent;
+use crate::store::{ComputeEvent, UsageCount};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -73,6 +73,11 @@ pub struct Usage {
     /// Time a compute process existed and was not frozen: starting, running or suspending.
     pub running_ms: i64,
     pub frozen_ms: i64,
+    /// Client sessions doze authenticated and opened for the project.
+    pub connections: i64,
+    /// Bytes relayed from clients to the compute, and back.
+    pub bytes_in: i64,
+    pub bytes_out: i64,
 }
 
 /// What a compute in `state` is metered as.
@@ -116,10 +121,12 @@ pub fn buckets(from: i64, to: i64, granularity: Granularity) -> Result<Vec<(i64,
 }
 
 /// Usage of every project in `projects`, one row per bucket of `[from, to)`, from `events`
-/// (oldest first; the events of other projects are ignored). `now` ends the state of each
-/// compute's last event: nothing is metered past it.
+/// (oldest first; the events of other projects are ignored) and the proxy's hourly `counts`
+/// (`(hour start, count)`; an hour that starts before `from` goes to the first row). `now` ends
+/// the state of each compute's last event: nothing is metered past it.
 pub fn meter(
     events: &[ComputeEvent],
+    counts: &[(i64, UsageCount)],
     projects: &[String],
     from: i64,
     to: i64,
@@ -145,6 +152,9 @@ pub fn meter(
                     end,
                     running_ms: 0,
                     frozen_ms: 0,
+                    connections: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
                 })
                 .collect();
             (p.as_str(), rows)
@@ -169,7 +179,26 @@ pub fn meter(
             add_interval(project_rows, metered(&e.to_state), e.at, until);
         }
     }
+    for (hour, count) in counts {
+        let Some(project_rows) = rows.get_mut(count.project_id.as_str()) else {
+            continue;
+        };
+        let at = (*hour).max(from);
+        if let Some(row) = project_rows
+            .iter_mut()
+            .find(|r| r.start <= at && at < r.end)
+        {
+            row.connections += count.connections;
+            row.bytes_in += count.bytes_in;
+            row.bytes_out += count.bytes_out;
+        }
+    }
     Ok(rows.into_values().flatten().collect())
+}
+
+/// The start of the UTC hour holding `ms`: counts are kept per hour.
+pub fn hour_of(ms: i64) -> i64 {
+    ms.div_euclid(HOUR_MS) * HOUR_MS
 }
 
 /// Adds `[start, end)` in state `what` to the rows it overlaps.
@@ -221,14 +250,14 @@ mod tests {
             event("c", "suspending", 2 * h + 10_000),
             event("c", "suspended", 2 * h + 11_000),
         ];
-        let rows = meter(&events, &p(), 0, 3 * h, 10 * h, Granularity::Hour).unwrap();
+        let rows = meter(&events, &[], &p(), 0, 3 * h, 10 * h, Granularity::Hour).unwrap();
         let got: Vec<(i64, i64)> = rows.iter().map(|r| (r.running_ms, r.frozen_ms)).collect();
         assert_eq!(
             got,
             [(h / 2, 0), (3 * h / 4, h / 4), (11_000, 0)],
             "{rows:?}"
         );
-        let total = meter(&events, &p(), 0, 3 * h, 10 * h, Granularity::Total).unwrap();
+        let total = meter(&events, &[], &p(), 0, 3 * h, 10 * h, Granularity::Total).unwrap();
         assert_eq!(total.len(), 1);
         assert_eq!(total[0].running_ms, h / 2 + 3 * h / 4 + 11_000);
     }
@@ -242,10 +271,10 @@ mod tests {
             event("new", "starting", 2_000),
             event("new", "running", 2_100),
         ];
-        let rows = meter(&events, &p(), 0, 10_000, 5_000, Granularity::Total).unwrap();
+        let rows = meter(&events, &[], &p(), 0, 10_000, 5_000, Granularity::Total).unwrap();
         assert_eq!(rows[0].running_ms, 1_000 + 3_000);
         // A range that starts inside a state counts only its part.
-        let rows = meter(&events, &p(), 500, 10_000, 5_000, Granularity::Total).unwrap();
+        let rows = meter(&events, &[], &p(), 500, 10_000, 5_000, Granularity::Total).unwrap();
         assert_eq!(rows[0].running_ms, 500 + 3_000);
     }
 
@@ -260,10 +289,36 @@ mod tests {
     }
 
     #[test]
+    fn hourly_counts_land_in_their_rows() {
+        let count = |project: &str, n: i64| UsageCount {
+            project_id: project.into(),
+            connections: n,
+            bytes_in: 10 * n,
+            bytes_out: 100 * n,
+        };
+        let h = HOUR_MS;
+        let counts = [
+            (0, count("p", 1)),
+            (h, count("p", 2)),
+            (h, count("q", 4)),
+            (2 * h, count("p", 8)),
+        ];
+        let rows = meter(&[], &counts, &p(), h / 2, 2 * h, 3 * h, Granularity::Hour).unwrap();
+        // The hour before `from` goes to the first row; the hour at `to` is outside.
+        let got: Vec<(i64, i64, i64)> = rows
+            .iter()
+            .map(|r| (r.connections, r.bytes_in, r.bytes_out))
+            .collect();
+        assert_eq!(got, [(1, 10, 100), (2, 20, 200)]);
+        assert_eq!(hour_of(h + 5), h);
+        assert_eq!(hour_of(-1), -h);
+    }
+
+    #[test]
     fn other_projects_events_are_ignored() {
         let mut e = event("c", "running", 0);
         e.project_id = "q".into();
-        let rows = meter(&[e], &p(), 0, 1_000, 1_000, Granularity::Total).unwrap();
+        let rows = meter(&[e], &[], &p(), 0, 1_000, 1_000, Granularity::Total).unwrap();
         assert_eq!(rows[0].running_ms, 0);
     }
 }

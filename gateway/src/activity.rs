@@ -63,6 +63,19 @@ impl Activity {
         }
     }
 
+    /// Every project's usage counted since the last call, reset to zero: (id, connections,
+    /// bytes client to compute, bytes compute to client); projects with nothing are left out.
+    /// The control plane adds these to the store every few seconds ([`ProjectActivity::take_usage`]).
+    pub fn take_usage(&self) -> Vec<(String, u64, u64, u64)> {
+        let map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter_map(|(id, a)| {
+                let (c, up, down) = a.take_usage();
+                (c + up + down > 0).then(|| (id.clone(), c, up, down))
+            })
+            .collect()
+    }
+
     /// Forgets a project (after it is deleted).
     pub fn remove(&self, project_id: &str) {
         let mut map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,6 +98,11 @@ pub struct ProjectActivity {
     /// Closes the parked sessions at once when the pool is drained (set by the proxy's pool
     /// the first time it parks one), so that a suspend finds them gone.
     drain_hook: std::sync::OnceLock<DrainHook>,
+    /// Usage not yet written to the store: client sessions opened, bytes relayed from clients
+    /// to the compute and back. Relaxed adds on the relay's path, swapped out by the flusher.
+    connections: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
 }
 
 /// What [`ProjectActivity::drain_pool`] calls.
@@ -104,7 +122,38 @@ impl ProjectActivity {
             parked: AtomicU64::new(0),
             pool_epoch: AtomicU64::new(0),
             drain_hook: std::sync::OnceLock::new(),
+            connections: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
         }
+    }
+
+    /// Counts `n` bytes relayed from a client to the compute.
+    #[inline]
+    pub fn relayed_up(&self, n: u64) {
+        self.bytes_up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes relayed from the compute to a client.
+    #[inline]
+    pub fn relayed_down(&self, n: u64) {
+        self.bytes_down.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds back counts a flush could not write.
+    pub fn give_back_usage(&self, connections: u64, up: u64, down: u64) {
+        self.connections.fetch_add(connections, Ordering::Relaxed);
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// (connections, bytes up, bytes down) counted since the last call, reset to zero.
+    pub fn take_usage(&self) -> (u64, u64, u64) {
+        (
+            self.connections.swap(0, Ordering::Relaxed),
+            self.bytes_up.swap(0, Ordering::Relaxed),
+            self.bytes_down.swap(0, Ordering::Relaxed),
+        )
     }
 
     /// Sets what a drain calls (once; later calls are ignored).
@@ -150,6 +199,7 @@ impl ProjectActivity {
     /// old address (see the wake service's suspend path).
     pub fn open_session(self: &Arc<Self>) -> SessionGuard {
         self.sessions.fetch_add(1, Ordering::SeqCst);
+        self.connections.fetch_add(1, Ordering::Relaxed);
         self.touch();
         SessionGuard {
             project: Arc::clone(self),

@@ -70,9 +70,11 @@ async fn connect(doze: &Doze, project: &str) {
         .unwrap();
 }
 
-/// Suspends (`mode`), asking again while a closing connection still counts as a session.
+/// Suspends (`mode`), asking again (for up to 15 s) while a closing connection still counts
+/// as a session.
 async fn suspend(doze: &Doze, compute: &str, mode: &str) {
-    for _ in 0..100 {
+    let mut last = Value::Null;
+    for _ in 0..500 {
         let (status, body) = api(
             doze.admin,
             "POST",
@@ -83,9 +85,10 @@ async fn suspend(doze: &Doze, compute: &str, mode: &str) {
             return;
         }
         assert_eq!(status, 409, "{body}");
+        last = body;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    panic!("the compute could not be suspended ({mode})");
+    panic!("the compute could not be suspended ({mode}): {last}");
 }
 
 fn serve(dir: &std::path::Path) -> Doze {
@@ -234,7 +237,27 @@ async fn usage_follows_the_compute_through_cycles_restarts_and_deletion() {
     .unwrap();
     assert_eq!(json["usage"][0]["running_seconds"].as_f64(), Some(running));
     let text = cli(&["metered", "--from", &from, "--to", &to, "-o", "csv"]);
-    assert!(text.starts_with("project_id,project,start,end,running_seconds,frozen_seconds"));
+    assert!(text.starts_with(
+        "project_id,project,start,end,running_seconds,frozen_seconds,connections,bytes_in,bytes_out"
+    ));
+
+    // What the proxy counted: the 5 sessions above, and bytes both ways (a login and a quit at
+    // least). Counts are kept per hour, so the range reaches past the current hour.
+    let (status, counted) = api(
+        doze.admin,
+        "GET",
+        &format!(
+            "/api/v1/projects/metered/usage?granularity=total&from={}&to={}",
+            rfc3339(begin),
+            rfc3339(end + 7_200_000)
+        ),
+        None,
+    );
+    assert_eq!(status, 200, "{counted}");
+    let row = &counted["usage"][0];
+    assert_eq!(row["connections"], 5, "{counted}");
+    assert!(row["bytes_in"].as_i64().unwrap() > 50, "{counted}");
+    assert!(row["bytes_out"].as_i64().unwrap() > 50, "{counted}");
     let table = cli(&["--granularity", "total", "--from", &from, "--to", &to]);
     assert!(
         table.contains("RUNNING_SECONDS") && table.contains("metered"),

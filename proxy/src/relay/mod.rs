@@ -150,6 +150,7 @@ impl Pipe {
         self.filled = n;
         self.approved = n;
         activity.touch();
+        activity.relayed_down(n as u64);
         metrics::hot().bytes_b2c.increment(n as u64);
         Ok(Step::Moved)
     }
@@ -192,6 +193,7 @@ impl Pipe {
         }
         self.filled += n;
         activity.touch();
+        activity.relayed_up(n as u64);
         metrics::hot().bytes_c2b.increment(n as u64);
         match walker.scan(&self.data[self.approved..self.filled]) {
             Scan::Forward(k) => self.approved += k,
