@@ -26,15 +26,19 @@ fn rfc3339(ms: i64) -> String {
 
 /// `GET path` with `Accept: text/csv`, through curl: the body.
 fn csv(port: u16, path: &str) -> String {
-    let out = Command::new("curl")
-        .args(["-fsS", "-H", "Accept: text/csv", "-H"])
+    let mut curl = Command::new("curl");
+    curl.args(["-fsS", "-H", "Accept: text/csv", "-H"])
         .arg(format!("Authorization: Bearer {TOKEN}"))
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .unwrap();
+        .arg(format!("http://127.0.0.1:{port}{path}"));
+    stdout_of(curl)
+}
+
+/// Runs `cmd`, which must succeed: its stdout.
+fn stdout_of(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -206,20 +210,14 @@ async fn usage_follows_the_compute_through_cycles_restarts_and_deletion() {
 
     // The CLI: JSON and CSV.
     let cli = |args: &[&str]| {
-        let out = Command::new(binary::doze())
+        let mut doze_usage = Command::new(binary::doze());
+        doze_usage
             .arg("usage")
             .args(args)
             .arg("--admin")
             .arg(format!("http://127.0.0.1:{}", doze.admin))
-            .env("DOZE_ADMIN_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+            .env("DOZE_ADMIN_TOKEN", TOKEN);
+        stdout_of(doze_usage)
     };
     let from = rfc3339(begin);
     let to = rfc3339(end + 1);
