@@ -479,22 +479,14 @@ impl ControlPlane {
             Some(key) => vec![self.project(key).await?],
             None => self.list_projects().await?,
         };
-        let events = self
-            .store()
-            .events_before(
-                key.and(projects.first().map(|p| p.id.as_str())),
-                to.min(now),
-            )
-            .await?;
+        // One project's rows, or every project's: the store filters only in the first case.
+        let only = key.and(projects.first().map(|p| p.id.as_str()));
+        let events = self.store().events_before(only, to.min(now)).await?;
         let ids: Vec<String> = projects.iter().map(|p| p.id.clone()).collect();
         flush_usage(self.store(), self.lifecycle.activity()).await;
         let counts = self
             .store()
-            .usage_counts(
-                key.and(projects.first().map(|p| p.id.as_str())),
-                usage::hour_of(from),
-                to,
-            )
+            .usage_counts(only, usage::hour_of(from), to)
             .await?;
         let rows = usage::meter(&events, &counts, &ids, from, to, now, granularity)
             .map_err(ControlError::Invalid)?;

@@ -189,6 +189,10 @@ fn roles_with_names_that_need_encoding_and_password_changes() {
         );
     }
     ok(&doze, &["role", "delete", "shop", "q?z"]);
+    // `-o csv` is only for `doze usage`: refused as a usage error before anything is done.
+    let (code, _, err) = cli(&doze, &["role", "delete", "shop", "q", "-o", "csv"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("doze usage"), "{err}");
     let roles = ok(&doze, &["role", "list", "shop"]);
     let names: Vec<&str> = roles["roles"]
         .as_array()

@@ -8,8 +8,16 @@ use serde_json::Value;
 /// objects (a project's `config`) are left to `-o json|yaml`.
 const PREFERRED: &[&str] = &[
     "name",
+    "project",
     "id",
     "project_id",
+    "start",
+    "end",
+    "running_seconds",
+    "frozen_seconds",
+    "connections",
+    "bytes_in",
+    "bytes_out",
     "state",
     "address",
     "memory_bytes",
