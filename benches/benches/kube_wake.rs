@@ -127,6 +127,7 @@ async fn startup_budget(
             name: format!("p{i}"),
             config: serde_json::json!({}),
             created_at: now,
+            tenant_id: doze_control::store::DEFAULT_TENANT_ID.into(),
         };
         store.insert_project(&p).await.unwrap();
         store

@@ -14,6 +14,7 @@ use crate::gateway::{LookupError, RoleLookup};
 use crate::roles;
 use crate::stats::Stats;
 use crate::store::{Project, Role, Store, is_unique_violation};
+use crate::tenancy::Tenancy;
 
 /// Ten years: longer idle timeouts are a typo.
 const MAX_IDLE_TIMEOUT_SECS: f64 = 315_360_000.0;
@@ -28,12 +29,14 @@ pub struct Catalog {
     key_cache: moka::future::Cache<String, (String, String)>,
     /// Bumped on every project or role change (see [`Catalog::lookup_role`]).
     generation: AtomicU64,
+    /// Tenants, their tokens and quotas, and the audit log.
+    tenancy: Tenancy,
 }
 
 impl Catalog {
     pub(crate) fn new(store: Store, stats: Arc<Stats>) -> Self {
         Self {
-            store,
+            store: store.clone(),
             stats,
             role_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -44,7 +47,12 @@ impl Catalog {
                 .time_to_live(Duration::from_secs(600))
                 .build(),
             generation: AtomicU64::new(0),
+            tenancy: Tenancy::new(store.clone()),
         }
+    }
+
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.tenancy
     }
 
     pub fn store(&self) -> &Store {
@@ -139,10 +147,12 @@ impl Catalog {
 
     // ---- projects ----
 
+    /// Creates a project in `tenant_id`, within the tenant's project quota.
     pub async fn create_project(
         &self,
         name: &str,
         config: serde_json::Value,
+        tenant_id: &str,
     ) -> Result<Project, ControlError> {
         validate_project_name(name).map_err(ControlError::Invalid)?;
         validate_project_config(&config).map_err(ControlError::Invalid)?;
@@ -151,7 +161,15 @@ impl Catalog {
             name: name.to_owned(),
             config,
             created_at: now_ms() as i64,
+            tenant_id: tenant_id.to_owned(),
         };
+        self.tenancy
+            .with_project_quota(tenant_id, self.insert_project(project))
+            .await
+    }
+
+    async fn insert_project(&self, project: Project) -> Result<Project, ControlError> {
+        let name = project.name.as_str();
         match self.store.insert_project(&project).await {
             Ok(()) => {}
             Err(e) if is_unique_violation(&e) => {
@@ -162,7 +180,7 @@ impl Catalog {
             Err(e) => return Err(e.into()),
         }
         self.changed();
-        tracing::info!(project_id = %project.id, project = %project.name, "project created");
+        tracing::info!(project_id = %project.id, project = %project.name, tenant_id = %project.tenant_id, "project created");
         Ok(project)
     }
 

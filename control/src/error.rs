@@ -19,6 +19,12 @@ pub enum ControlError {
         "{sessions} client session(s) are open on project '{project}'; a suspend never cuts an open session: close them and retry"
     )]
     SessionsOpen { project: String, sessions: u64 },
+    /// A tenant's quota refuses the change; the message names the quota and the use.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Only the operator's token may do this.
+    #[error("{0}")]
+    OperatorOnly(String),
     #[error(transparent)]
     Wake(#[from] WakeError),
     #[error("{0:#}")]

@@ -31,6 +31,7 @@ mod ops;
 pub mod rest;
 mod scheduler;
 mod stats;
+pub mod tenancy;
 mod time;
 pub mod usage;
 
@@ -133,6 +134,7 @@ impl replicas::Invalidate for Invalidation {
     fn changed(&self, kind: &str, project_id: &str) {
         match kind {
             "compute" => self.lifecycle.invalidate(project_id),
+            "token" => self.catalog.tenancy().tokens_changed(),
             _ => {
                 self.catalog.changed();
                 self.lifecycle.invalidate(project_id);
@@ -142,6 +144,7 @@ impl replicas::Invalidate for Invalidation {
 
     fn flush(&self) {
         self.catalog.changed();
+        self.catalog.tenancy().tokens_changed();
         self.lifecycle.invalidate_all();
     }
 }
@@ -375,12 +378,30 @@ impl ControlPlane {
 
     // ---- projects ----
 
+    /// Creates a project in the default tenant.
     pub async fn create_project(
         &self,
         name: &str,
         config: serde_json::Value,
     ) -> Result<Project, ControlError> {
-        self.catalog.create_project(name, config).await
+        self.catalog
+            .create_project(name, config, store::DEFAULT_TENANT_ID)
+            .await
+    }
+
+    /// Creates a project in `tenant_id`, within its project quota.
+    pub async fn create_project_in(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+        tenant_id: &str,
+    ) -> Result<Project, ControlError> {
+        self.catalog.create_project(name, config, tenant_id).await
+    }
+
+    /// Tenants, tokens, quotas and the audit log.
+    pub fn tenancy(&self) -> &tenancy::Tenancy {
+        self.catalog.tenancy()
     }
 
     pub async fn list_projects(&self) -> Result<Vec<Project>, ControlError> {
@@ -410,6 +431,9 @@ impl ControlPlane {
         config: serde_json::Value,
     ) -> Result<Compute, ControlError> {
         let project = self.catalog.project(project_key).await?;
+        self.tenancy()
+            .check_compute_memory(&project, &config)
+            .await?;
         self.lifecycle.create_compute(&project, config).await
     }
 
@@ -465,19 +489,22 @@ impl ControlPlane {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Usage over `[from, to)` of the project `key` (id or name), or of every project, with
+    /// Usage over `[from, to)` of the project `key` (id or name), or of every project (of
+    /// `tenant` when given), with
     /// each row's project name; `to` is cut at now (nothing is metered ahead).
     pub async fn usage(
         &self,
         key: Option<&str>,
+        tenant: Option<&str>,
         from: i64,
         to: i64,
         granularity: usage::Granularity,
     ) -> Result<Vec<(usage::Usage, String)>, ControlError> {
         let now = i64::try_from(activity::now_ms()).unwrap_or(i64::MAX);
-        let projects = match key {
-            Some(key) => vec![self.project(key).await?],
-            None => self.list_projects().await?,
+        let projects = match (key, tenant) {
+            (Some(key), _) => vec![self.project(key).await?],
+            (None, Some(tenant)) => self.store().tenant_projects(tenant).await?,
+            (None, None) => self.list_projects().await?,
         };
         // One project's rows, or every project's: the store filters only in the first case.
         let only = key.and(projects.first().map(|p| p.id.as_str()));

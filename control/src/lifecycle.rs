@@ -31,6 +31,7 @@ use crate::replicas::Replicas;
 use crate::roles::RoleDef;
 use crate::stats::Stats;
 use crate::store::{Compute, ComputeState, Store, Transition};
+use crate::tenancy::QuotaRefusal;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -376,7 +377,20 @@ impl Lifecycle {
                             retry_in_secs,
                         });
                     }
-                    let Some(starting) = self.claim_start(&compute, "won").await? else {
+                    // The tenant's quotas, checked and held until the start is claimed, so that
+                    // two wakes of one tenant cannot both take its last slot.
+                    let gate = match self.catalog.tenancy().check_wake(&compute).await {
+                        Ok(gate) => gate,
+                        Err(QuotaRefusal::Exceeded(why)) => {
+                            metrics::counter!(m::WAKES_REFUSED, "reason" => "quota").increment(1);
+                            tracing::warn!(compute_id = %compute.id, project = %name, reason = %why, "wake refused by a tenant quota");
+                            return Err(WakeError::QuotaExceeded(why));
+                        }
+                        Err(QuotaRefusal::Store(e)) => return Err(WakeError::Store(e)),
+                    };
+                    let claimed = self.claim_start(&compute, "won").await?;
+                    drop(gate);
+                    let Some(starting) = claimed else {
                         waited_for_other = true;
                         continue;
                     };
@@ -594,6 +608,13 @@ impl Lifecycle {
 
     /// Whether a compute recorded as running is certainly gone (see
     /// [`Lifecycle::running_info`]); `false` when alive or unknown.
+    /// The last time `compute` was known alive: its last state change, or a later liveness
+    /// check that found it answering. A store error gives the last state change.
+    pub(crate) async fn last_sign_of_life(&self, compute: &Compute) -> i64 {
+        let seen = self.store.alive_at(&compute.id).await.ok().flatten();
+        seen.map_or(compute.updated_at, |s| s.max(compute.updated_at))
+    }
+
     pub(crate) async fn is_gone(&self, compute: &Compute) -> bool {
         matches!(self.running_info(compute).await, Liveness::Gone)
     }
@@ -603,8 +624,11 @@ impl Lifecycle {
     /// stopped), then the stop of whatever is left, then `suspended`. `Ok(false)` when another
     /// replica changed the compute first.
     pub(crate) async fn record_lost(&self, compute: &Compute, why: &str) -> anyhow::Result<bool> {
+        // Usage is metered from these events: the compute stopped counting at its last sign of
+        // life, not when it was found dead (maybe after doze itself was down for hours).
+        let died = self.last_sign_of_life(compute).await;
         let suspending = match self
-            .apply_transition(compute, &self.suspending_lease("lost"))
+            .apply_transition_at(compute, &self.suspending_lease("lost"), Some(died))
             .await
         {
             Ok(c) => c,
@@ -613,10 +637,15 @@ impl Lifecycle {
         };
         self.invalidate(&compute.project_id);
         let _ = self.driver.stop(&compute.project_id).await;
-        match self
-            .transition_with_error(&suspending, ComputeState::Suspended, why, "lost")
-            .await
-        {
+        let t = Transition {
+            to: ComputeState::Suspended,
+            address: None,
+            handle: None,
+            last_error: Some(Some(why)),
+            reason: "lost",
+            lease: None,
+        };
+        match self.apply_transition_at(&suspending, &t, Some(died)).await {
             Ok(_) => Ok(true),
             Err(e) if is_fenced(&e) => Ok(false),
             Err(e) => Err(e),
@@ -1327,10 +1356,17 @@ impl Lifecycle {
                 {
                     tracing::info!("compute from a previous run is gone; marking it suspended");
                     drop(_e);
-                    match self
-                        .transition(&c, ComputeState::Suspended, None, None, "reconcile")
-                        .await
-                    {
+                    let t = Transition {
+                        to: ComputeState::Suspended,
+                        address: None,
+                        handle: None,
+                        last_error: None,
+                        reason: "reconcile",
+                        lease: None,
+                    };
+                    // Metered up to its last sign of life, not to this start of doze.
+                    let died = self.last_sign_of_life(&c).await;
+                    match self.apply_transition_at(&c, &t, Some(died)).await {
                         Ok(_) => {}
                         Err(e) if is_fenced(&e) => continue,
                         Err(e) => return Err(e),
@@ -1399,7 +1435,18 @@ impl Lifecycle {
         c: &Compute,
         t: &Transition<'_>,
     ) -> anyhow::Result<Compute> {
-        let next = self.store.transition(c, t).await?;
+        self.apply_transition_at(c, t, None).await
+    }
+
+    /// As [`Lifecycle::apply_transition`], with the event dated `at` (see
+    /// [`Store::transition_at`]).
+    pub(crate) async fn apply_transition_at(
+        &self,
+        c: &Compute,
+        t: &Transition<'_>,
+        at: Option<i64>,
+    ) -> anyhow::Result<Compute> {
+        let next = self.store.transition_at(c, t, at).await?;
         tracing::debug!(compute_id = %c.id, project_id = %c.project_id, from = c.state.as_str(), to = t.to.as_str(), reason = t.reason, "compute state change");
         self.gauge_move(Some(c.state), Some(t.to));
         Ok(next)

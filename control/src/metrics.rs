@@ -11,7 +11,7 @@ pub const WAKE_DURATION: &str = "doze_wake_duration_seconds";
 pub const COMPUTE_STARTS: &str = "doze_compute_starts_total";
 /// Counter: compute starts that failed (the server exited, did not answer, lost its lease).
 pub const COMPUTE_START_FAILURES: &str = "doze_compute_start_failures_total";
-/// Counter, label `reason` = backoff: wakes refused without trying, apart from failures.
+/// Counter, label `reason` = backoff | quota: wakes refused without trying, apart from failures.
 pub const WAKES_REFUSED: &str = "doze_wakes_refused_total";
 /// Histogram: time from starting a compute until it accepts connections.
 pub const COMPUTE_START_DURATION: &str = "doze_compute_start_duration_seconds";
@@ -41,7 +41,7 @@ pub const REPLICAS_LIVE: &str = "doze_replicas_live";
 pub const SCHEDULER_LEADER: &str = "doze_scheduler_leader";
 /// Counter, label `outcome` = won | lost | takeover: start leases contended for.
 pub const START_LEASES: &str = "doze_start_leases_total";
-/// Counter, label `kind` = compute | role | project | flush: invalidations received from
+/// Counter, label `kind` = compute | role | project | token | flush: invalidations received from
 /// other replicas (`flush`: everything, after the listener reconnected).
 pub const INVALIDATIONS: &str = "doze_invalidations_received_total";
 

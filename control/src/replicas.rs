@@ -237,7 +237,7 @@ impl Replicas {
 
 /// What a replica does with a change another replica announced.
 pub trait Invalidate: Send + Sync + 'static {
-    /// `kind` is `compute`, `role` or `project`.
+    /// `kind` is `compute`, `role`, `project` or `token` (then `project_id` is a token's id).
     fn changed(&self, kind: &str, project_id: &str);
     /// Notifications may have been lost: forget everything cached.
     fn flush(&self);
@@ -306,6 +306,10 @@ pub fn spawn_listener(
                     Ok(Some(n)) => {
                         let (kind, project) = n.payload().split_once(':').unwrap_or(("flush", ""));
                         match kind {
+                            "token" => {
+                                target.changed(kind, project);
+                                metrics::counter!(m::INVALIDATIONS, "kind" => "token").increment(1);
+                            }
                             "compute" | "role" | "project" => {
                                 target.changed(kind, project);
                                 if kind != "role" {

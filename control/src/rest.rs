@@ -22,7 +22,8 @@ use sha1::{Digest, Sha1};
 use crate::ControlPlane;
 use crate::error::ControlError;
 use crate::gateway::WakeError;
-use crate::store::{Compute, ComputeEvent, Project, Role};
+use crate::store::{ApiToken, AuditEntry, Compute, ComputeEvent, Project, Role, Tenant};
+use crate::tenancy::{Caller, Quotas};
 use crate::time::rfc3339;
 
 const OPENAPI: &str = include_str!("../openapi.json");
@@ -67,6 +68,20 @@ pub fn router(plane: Arc<ControlPlane>, metrics: Option<PrometheusHandle>) -> Ro
         .route("/api/v1/projects/{id}/usage", get(project_usage))
         .route("/api/v1/usage", get(all_usage))
         .route("/api/v1/replicas", get(list_replicas))
+        .route("/api/v1/tenants", post(create_tenant).get(list_tenants))
+        .route(
+            "/api/v1/tenants/{id}",
+            get(get_tenant).patch(update_tenant).delete(delete_tenant),
+        )
+        .route(
+            "/api/v1/tenants/{id}/tokens",
+            post(create_token).get(list_tokens),
+        )
+        .route(
+            "/api/v1/tenants/{id}/tokens/{token_id}",
+            axum::routing::delete(revoke_token),
+        )
+        .route("/api/v1/audit", get(audit_log))
         .route("/api/v1/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -131,6 +146,12 @@ impl From<ControlError> for ApiError {
             ControlError::SessionsOpen { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "sessions_open", msg)
             }
+            ControlError::QuotaExceeded(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", msg)
+            }
+            ControlError::OperatorOnly(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "operator_only", msg)
+            }
             ControlError::Wake(w) => w.into(),
             ControlError::Internal(_) => {
                 tracing::error!(error = %msg, "admin API request failed");
@@ -156,6 +177,9 @@ impl From<WakeError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "wake_timeout", msg)
             }
             WakeError::UnknownProject(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", msg),
+            WakeError::QuotaExceeded(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", msg)
+            }
             WakeError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", msg)
             }
@@ -329,49 +353,177 @@ fn check_local_caller(req: &Request) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.plane.config().admin_token.as_deref() else {
-        if let Err(refused) = check_local_caller(&req) {
-            return refused.into_response();
-        }
-        return next.run(req).await;
-    };
+/// The bearer token of a request, if it has one.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
+/// Who is calling: the operator's `--admin-token`, a tenant token, or (without an admin
+/// token) a local caller, who is the operator. `local` is [`check_local_caller`]'s verdict.
+async fn authenticate(
+    state: &AppState,
+    given: Option<&str>,
+    local: Result<(), ApiError>,
+) -> Result<Caller, ApiError> {
+    let expected = state.plane.config().admin_token.as_deref();
+    if let (Some(expected), Some(token)) = (expected, given)
+        && token_matches(token, expected)
     {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-        match given {
-            None => {
-                return ApiError::new(
+        return Ok(Caller::Operator);
+    }
+    match given {
+        Some(token) => state
+            .plane
+            .tenancy()
+            .authenticate(token)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
-                    "missing `Authorization: Bearer <token>` header",
+                    "invalid, revoked or expired token",
                 )
-                .into_response();
-            }
-            Some(token) if !token_matches(token, expected) => {
-                return ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "invalid admin token",
-                )
-                .into_response();
-            }
-            Some(_) => {}
+            }),
+        None if expected.is_some() => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <token>` header",
+        )),
+        None => local.map(|()| Caller::Operator),
+    }
+}
+
+/// Authenticates every `/api/v1` request, hands the caller to the handler ([`Auth`]), and
+/// records every change (any method but GET and HEAD) in the audit log with its outcome.
+async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let given = bearer(&req).map(str::to_owned);
+    let local = check_local_caller(&req);
+    let caller = match authenticate(&state, given.as_deref(), local).await {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
+    let auth = Auth {
+        caller,
+        target: Arc::new(std::sync::OnceLock::new()),
+    };
+    req.extensions_mut().insert(auth.clone());
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    let resp = next.run(req).await;
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+        let tenant_id = auth
+            .target
+            .get()
+            .cloned()
+            .or_else(|| auth.caller.tenant().map(str::to_owned));
+        state
+            .plane
+            .tenancy()
+            .record(AuditEntry {
+                id: uuid::Uuid::new_v4().to_string(),
+                at: crate::activity::now_ms() as i64,
+                actor: auth.caller.actor().to_owned(),
+                actor_tenant_id: auth.caller.tenant().map(str::to_owned),
+                tenant_id,
+                method: method.to_string(),
+                path: path.chars().take(2000).collect(),
+                status: i64::from(resp.status().as_u16()),
+                replica: state.plane.config().replica_id.clone(),
+            })
+            .await;
+    }
+    resp
+}
+
+/// The caller of an `/api/v1` request, and the tenant whose objects it touched once a handler
+/// has found them (for the audit log).
+#[derive(Clone)]
+struct Auth {
+    caller: Caller,
+    target: Arc<std::sync::OnceLock<String>>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Auth>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request was not authenticated",
+            )
+        })
+    }
+}
+
+impl Auth {
+    /// Notes the tenant whose object this request touches.
+    fn touched(&self, tenant_id: &str) {
+        let _ = self.target.set(tenant_id.to_owned());
+    }
+
+    /// Refuses tenant tokens: `what` is for the operator only.
+    fn operator_only(&self, what: &str) -> Result<(), ControlError> {
+        match self.caller {
+            Caller::Operator => Ok(()),
+            Caller::Tenant { .. } => Err(ControlError::OperatorOnly(format!(
+                "only the operator's admin token may {what}"
+            ))),
         }
     }
-    next.run(req).await
+
+    /// A project by id or name, if the caller may see it; another tenant's project is as
+    /// unknown as one that does not exist (the same 404 and message).
+    async fn project(&self, s: &AppState, key: &str) -> Result<Project, ControlError> {
+        let p = s.plane.project(key).await?;
+        if !self.caller.sees(&p.tenant_id) {
+            return Err(ControlError::NotFound(format!(
+                "no project with id or name '{key}'"
+            )));
+        }
+        self.touched(&p.tenant_id);
+        Ok(p)
+    }
+
+    /// A compute by id, if the caller may see its project (the unknown compute's 404
+    /// otherwise).
+    async fn compute(&self, s: &AppState, id: &str) -> Result<Compute, ControlError> {
+        let c = s.plane.compute(id).await?;
+        let unknown = || ControlError::NotFound(format!("no compute with id '{id}'"));
+        let p = match s.plane.project(&c.project_id).await {
+            Ok(p) => p,
+            Err(ControlError::NotFound(_)) => return Err(unknown()),
+            Err(e) => return Err(e),
+        };
+        if !self.caller.sees(&p.tenant_id) {
+            return Err(unknown());
+        }
+        self.touched(&p.tenant_id);
+        Ok(c)
+    }
+
+    /// A tenant by id or name, if the caller may see it.
+    async fn tenant(&self, s: &AppState, key: &str) -> Result<Tenant, ControlError> {
+        let t = s.plane.tenancy().tenant(&self.caller, key).await?;
+        self.touched(&t.id);
+        Ok(t)
+    }
 }
 
 // ---------- JSON shapes ----------
 
 fn project_json(p: &Project) -> Value {
-    json!({"id": p.id, "name": p.name, "config": p.config, "created_at": rfc3339(p.created_at)})
+    json!({"id": p.id, "name": p.name, "config": p.config, "tenant_id": p.tenant_id, "created_at": rfc3339(p.created_at)})
 }
 
 fn compute_json(c: &Compute) -> Value {
@@ -411,21 +563,46 @@ struct CreateProject {
     name: String,
     #[serde(default)]
     config: Option<Value>,
+    /// The owning tenant (id or name); a tenant token's own tenant by default, else the
+    /// default tenant.
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 async fn create_project(
     State(s): State<AppState>,
+    auth: Auth,
     JsonBody(body): JsonBody<CreateProject>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant_id = match (&body.tenant, auth.caller.tenant()) {
+        (Some(key), _) => auth.tenant(&s, key).await?.id,
+        (None, Some(own)) => own.to_owned(),
+        (None, None) => crate::store::DEFAULT_TENANT_ID.to_owned(),
+    };
+    auth.touched(&tenant_id);
     let p = s
         .plane
-        .create_project(&body.name, config_or_empty(body.config))
+        .create_project_in(&body.name, config_or_empty(body.config), &tenant_id)
         .await?;
     Ok((StatusCode::CREATED, Json(project_json(&p))))
 }
 
-async fn list_projects(State(s): State<AppState>) -> ApiResult<Json<Value>> {
-    let projects = s.plane.list_projects().await?;
+#[derive(Deserialize)]
+struct ProjectListQuery {
+    tenant: Option<String>,
+}
+
+async fn list_projects(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<ProjectListQuery>,
+) -> ApiResult<Json<Value>> {
+    let only = match &q.tenant {
+        Some(key) => Some(auth.tenant(&s, key).await?.id),
+        None => auth.caller.tenant().map(str::to_owned),
+    };
+    let mut projects = s.plane.list_projects().await?;
+    projects.retain(|p| only.as_ref().is_none_or(|t| *t == p.tenant_id));
     Ok(Json(
         json!({"projects": projects.iter().map(project_json).collect::<Vec<_>>()}),
     ))
@@ -433,16 +610,19 @@ async fn list_projects(State(s): State<AppState>) -> ApiResult<Json<Value>> {
 
 async fn get_project(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(project_json(&s.plane.project(&id).await?)))
+    Ok(Json(project_json(&auth.project(&s, &id).await?)))
 }
 
 async fn delete_project(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    s.plane.delete_project(&id).await?;
+    let p = auth.project(&s, &id).await?;
+    s.plane.delete_project(&p.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -454,21 +634,25 @@ struct CreateCompute {
 
 async fn create_compute(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<CreateCompute>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let p = auth.project(&s, &id).await?;
     let c = s
         .plane
-        .create_compute(&id, config_or_empty(body.config))
+        .create_compute(&p.id, config_or_empty(body.config))
         .await?;
     Ok((StatusCode::CREATED, Json(compute_json(&c))))
 }
 
 async fn get_project_compute(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let c = s.plane.project_compute(&id).await?;
+    let p = auth.project(&s, &id).await?;
+    let c = s.plane.project_compute(&p.id).await?;
     let mut body = compute_json(&c);
     body["memory_bytes"] = json!(s.plane.compute_memory(&c));
     Ok(Json(body))
@@ -481,9 +665,29 @@ struct ComputeListQuery {
 
 async fn list_computes(
     State(s): State<AppState>,
+    auth: Auth,
     ApiQuery(q): ApiQuery<ComputeListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let computes = s.plane.list_computes(q.project.as_deref()).await?;
+    let computes = match (&q.project, auth.caller.tenant()) {
+        (Some(key), _) => {
+            let p = auth.project(&s, key).await?;
+            s.plane.list_computes(Some(&p.id)).await?
+        }
+        (None, None) => s.plane.list_computes(None).await?,
+        (None, Some(tenant)) => {
+            let mine: std::collections::HashSet<String> = s
+                .plane
+                .list_projects()
+                .await?
+                .into_iter()
+                .filter(|p| p.tenant_id == tenant)
+                .map(|p| p.id)
+                .collect();
+            let mut all = s.plane.list_computes(None).await?;
+            all.retain(|c| mine.contains(&c.project_id));
+            all
+        }
+    };
     Ok(Json(
         json!({"computes": computes.iter().map(compute_json).collect::<Vec<_>>()}),
     ))
@@ -504,9 +708,10 @@ async fn info(State(s): State<AppState>) -> Json<Value> {
 
 async fn get_compute(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let c = s.plane.compute(&id).await?;
+    let c = auth.compute(&s, &id).await?;
     let mut body = compute_json(&c);
     body["memory_bytes"] = json!(s.plane.compute_memory(&c));
     Ok(Json(body))
@@ -514,8 +719,10 @@ async fn get_compute(
 
 async fn delete_compute(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
+    auth.compute(&s, &id).await?;
     s.plane.delete_compute(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -527,9 +734,11 @@ struct SuspendQuery {
 
 async fn suspend_compute(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<SuspendQuery>,
 ) -> ApiResult<Json<Value>> {
+    auth.compute(&s, &id).await?;
     let mode = match q.mode.as_deref() {
         None => SuspendMode::Stop,
         Some(m) => m
@@ -543,16 +752,20 @@ async fn suspend_compute(
 
 async fn resume_compute(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
+    auth.compute(&s, &id).await?;
     let (c, _) = s.plane.resume_compute(&id).await?;
     Ok(Json(compute_json(&c)))
 }
 
 async fn compute_events(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
+    auth.compute(&s, &id).await?;
     let events = s.plane.compute_events(&id).await?;
     Ok(Json(
         json!({"events": events.iter().map(event_json).collect::<Vec<_>>()}),
@@ -564,6 +777,8 @@ struct UsageQuery {
     from: Option<String>,
     to: Option<String>,
     granularity: Option<String>,
+    /// `/api/v1/usage` only: one tenant's projects (id or name).
+    tenant: Option<String>,
 }
 
 /// `?from=&to=&granularity=`: `to` defaults to now, `from` to a day before `to` by the hour and
@@ -651,22 +866,35 @@ fn usage_response(
 
 async fn project_usage(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<UsageQuery>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let range = usage_range(&q)?;
-    let rows = s.plane.usage(Some(&id), range.0, range.1, range.2).await?;
+    let p = auth.project(&s, &id).await?;
+    let rows = s
+        .plane
+        .usage(Some(&p.id), None, range.0, range.1, range.2)
+        .await?;
     Ok(usage_response(&rows, range, &headers))
 }
 
 async fn all_usage(
     State(s): State<AppState>,
+    auth: Auth,
     ApiQuery(q): ApiQuery<UsageQuery>,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let range = usage_range(&q)?;
-    let rows = s.plane.usage(None, range.0, range.1, range.2).await?;
+    let only = match &q.tenant {
+        Some(key) => Some(auth.tenant(&s, key).await?.id),
+        None => auth.caller.tenant().map(str::to_owned),
+    };
+    let rows = s
+        .plane
+        .usage(None, only.as_deref(), range.0, range.1, range.2)
+        .await?;
     Ok(usage_response(&rows, range, &headers))
 }
 
@@ -677,6 +905,7 @@ struct WakeQuery {
 
 async fn wake_compute(
     State(s): State<AppState>,
+    auth: Auth,
     ApiQuery(q): ApiQuery<WakeQuery>,
 ) -> ApiResult<Json<Value>> {
     let Some(key) = q.endpointish.filter(|k| !k.is_empty()) else {
@@ -686,7 +915,7 @@ async fn wake_compute(
             "missing query parameter `endpointish` (a project id or name)",
         ));
     };
-    let project = s.plane.project(&key).await?;
+    let project = auth.project(&s, &key).await?;
     let info = s.plane.wake(&project.id).await?;
     Ok(Json(json!({
         "address": info.address,
@@ -703,10 +932,15 @@ struct CreateRole {
 
 async fn create_role(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<CreateRole>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let r = s.plane.create_role(&id, &body.name, &body.password).await?;
+    let p = auth.project(&s, &id).await?;
+    let r = s
+        .plane
+        .create_role(&p.id, &body.name, &body.password)
+        .await?;
     Ok((StatusCode::CREATED, Json(role_json(&r))))
 }
 
@@ -717,21 +951,25 @@ struct SetPassword {
 
 async fn set_role_password(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath((id, name)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody<SetPassword>,
 ) -> ApiResult<Json<Value>> {
+    let p = auth.project(&s, &id).await?;
     let r = s
         .plane
-        .set_role_password(&id, &name, &body.password)
+        .set_role_password(&p.id, &name, &body.password)
         .await?;
     Ok(Json(role_json(&r)))
 }
 
 async fn list_roles(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
-    let (_, roles) = s.plane.list_roles(&id).await?;
+    let p = auth.project(&s, &id).await?;
+    let (_, roles) = s.plane.list_roles(&p.id).await?;
     Ok(Json(
         json!({"roles": roles.iter().map(role_json).collect::<Vec<_>>()}),
     ))
@@ -739,9 +977,11 @@ async fn list_roles(
 
 async fn delete_role(
     State(s): State<AppState>,
+    auth: Auth,
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    s.plane.delete_role(&id, &name).await?;
+    let p = auth.project(&s, &id).await?;
+    s.plane.delete_role(&p.id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -749,8 +989,232 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn list_replicas(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+async fn list_replicas(State(s): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    auth.operator_only("list the replicas")?;
     Ok(Json(s.plane.replicas().await?))
+}
+
+// ---------- tenants, tokens, audit ----------
+
+fn quotas_json(t: &Tenant) -> Value {
+    let q = Quotas::parse(&t.quotas).unwrap_or_default();
+    let memory = t.quotas.get("max_memory").cloned().unwrap_or(Value::Null);
+    json!({
+        "max_projects": q.max_projects,
+        "max_running_computes": q.max_running_computes,
+        "max_memory": memory,
+    })
+}
+
+async fn tenant_json(s: &AppState, t: &Tenant) -> ApiResult<Value> {
+    let used = s.plane.tenancy().usage(&t.id).await?;
+    Ok(json!({
+        "id": t.id,
+        "name": t.name,
+        "quotas": quotas_json(t),
+        "usage": {
+            "projects": used.projects,
+            "running_computes": used.running_computes,
+            "memory_bytes": used.memory,
+        },
+        "created_at": rfc3339(t.created_at),
+    }))
+}
+
+fn token_json(t: &ApiToken) -> Value {
+    json!({
+        "id": t.id,
+        "tenant_id": t.tenant_id,
+        "name": t.name,
+        "created_at": rfc3339(t.created_at),
+        "expires_at": t.expires_at.map(rfc3339),
+        "revoked_at": t.revoked_at.map(rfc3339),
+    })
+}
+
+fn audit_json(e: &AuditEntry) -> Value {
+    json!({
+        "id": e.id,
+        "at": rfc3339(e.at),
+        "actor": e.actor,
+        "actor_tenant_id": e.actor_tenant_id,
+        "tenant_id": e.tenant_id,
+        "method": e.method,
+        "path": e.path,
+        "status": e.status,
+        "replica": e.replica,
+    })
+}
+
+#[derive(Deserialize)]
+struct CreateTenant {
+    name: String,
+    #[serde(default)]
+    quotas: Option<Value>,
+}
+
+async fn create_tenant(
+    State(s): State<AppState>,
+    auth: Auth,
+    JsonBody(body): JsonBody<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    auth.operator_only("create tenants")?;
+    let t = s
+        .plane
+        .tenancy()
+        .create_tenant(&body.name, config_or_empty(body.quotas))
+        .await?;
+    auth.touched(&t.id);
+    Ok((StatusCode::CREATED, Json(tenant_json(&s, &t).await?)))
+}
+
+async fn list_tenants(State(s): State<AppState>, auth: Auth) -> ApiResult<Json<Value>> {
+    let tenants = s.plane.tenancy().list_tenants(&auth.caller).await?;
+    let mut list = Vec::with_capacity(tenants.len());
+    for t in &tenants {
+        list.push(tenant_json(&s, t).await?);
+    }
+    Ok(Json(json!({ "tenants": list })))
+}
+
+async fn get_tenant(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let t = auth.tenant(&s, &id).await?;
+    Ok(Json(tenant_json(&s, &t).await?))
+}
+
+#[derive(Deserialize)]
+struct UpdateTenant {
+    quotas: Value,
+}
+
+async fn update_tenant(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<UpdateTenant>,
+) -> ApiResult<Json<Value>> {
+    // A tenant's token may read its quotas, never raise them.
+    auth.operator_only("change a tenant's quotas")?;
+    let t = auth.tenant(&s, &id).await?;
+    let t = s
+        .plane
+        .tenancy()
+        .set_quotas(&t, config_or_empty(Some(body.quotas)))
+        .await?;
+    Ok(Json(tenant_json(&s, &t).await?))
+}
+
+async fn delete_tenant(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    auth.operator_only("delete tenants")?;
+    let t = auth.tenant(&s, &id).await?;
+    s.plane.tenancy().delete_tenant(&t).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct CreateToken {
+    #[serde(default)]
+    name: Option<String>,
+    /// RFC 3339 time or a date; none: the token does not expire.
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+async fn create_token(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let t = auth.tenant(&s, &id).await?;
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|text| {
+            crate::time::parse_time(text)
+                .map_err(|e| ControlError::Invalid(format!("expires_at: {e}")))
+        })
+        .transpose()?;
+    let (token, secret) = s
+        .plane
+        .tenancy()
+        .create_token(&t, body.name.as_deref().unwrap_or(""), expires_at)
+        .await?;
+    let mut body = token_json(&token);
+    body["token"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list_tokens(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    let t = auth.tenant(&s, &id).await?;
+    let tokens = s.plane.tenancy().list_tokens(&t).await?;
+    Ok(Json(
+        json!({"tokens": tokens.iter().map(token_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn revoke_token(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiPath((id, token_id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let t = auth.tenant(&s, &id).await?;
+    s.plane.tenancy().revoke_token(&t, &token_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    tenant: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+async fn audit_log(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let tenant = match &q.tenant {
+        Some(key) => Some(auth.tenant(&s, key).await?),
+        None => None,
+    };
+    let before = match &q.before {
+        Some(t) => {
+            crate::time::parse_time(t).map_err(|e| ControlError::Invalid(format!("before: {e}")))?
+        }
+        None => i64::MAX,
+    };
+    let limit = match &q.limit {
+        None => 100,
+        Some(n) => n
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ControlError::Invalid("limit must be a whole number from 1 to 1000".into())
+            })?,
+    };
+    let entries = s
+        .plane
+        .tenancy()
+        .audit(&auth.caller, tenant.as_ref(), before, limit)
+        .await?;
+    Ok(Json(
+        json!({"entries": entries.iter().map(audit_json).collect::<Vec<_>>()}),
+    ))
 }
 
 /// Liveness: the process and its event loop answer. Never depends on the store, so a store

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::activity::now_ms;
 use crate::config::SuspendMode;
 use crate::error::ControlError;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, Liveness};
 use crate::metrics as m;
 use crate::store::{Compute, ComputeState};
 
@@ -90,15 +90,28 @@ impl Lifecycle {
     /// dead address and the next connection starts the compute again. Returns how many.
     pub async fn find_lost(&self) -> anyhow::Result<usize> {
         let mut lost = 0;
+        let mut alive = Vec::new();
+        let checked_at = crate::activity::now_ms() as i64;
         for c in self.store.list_computes().await? {
             // Only what is certainly gone: a compute the driver cannot check now (a server
             // slow to greet, an API error) is left alone.
             let gone = match c.state {
-                ComputeState::Running => self.is_gone(&c).await,
+                ComputeState::Running => match self.running_info(&c).await {
+                    Liveness::Gone => true,
+                    Liveness::Alive(_) => {
+                        alive.push(c.id.clone());
+                        false
+                    }
+                    Liveness::Unknown(_) => false,
+                },
                 // A frozen compute is only checked where this process runs it (a check by
                 // adoption would thaw it); on one replica that is every frozen compute.
-                ComputeState::Frozen => {
-                    !self.store.is_shared() && !self.driver.is_alive(&c.project_id)
+                ComputeState::Frozen if !self.store.is_shared() => {
+                    let up = self.driver.is_alive(&c.project_id);
+                    if up {
+                        alive.push(c.id.clone());
+                    }
+                    !up
                 }
                 _ => false,
             };
@@ -131,6 +144,10 @@ impl Lifecycle {
             tracing::warn!(project_id = %c.project_id, compute_id = %c.id,
                 "compute found dead; marked suspended (the next connection starts it again)");
             lost += 1;
+        }
+        // Each compute's last sign of life, which meters one that dies unseen (doze down).
+        if let Err(e) = self.store.mark_alive(&alive, checked_at).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot record the computes' liveness");
         }
         Ok(lost)
     }

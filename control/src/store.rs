@@ -128,7 +128,54 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
         )",
         ],
     ),
+    (
+        7,
+        // Tenants (crate::tenancy): every project belongs to one, the existing ones to the
+        // default tenant; API tokens stored as SHA-256 digests; the audit log of admin changes.
+        &[
+            "CREATE TABLE tenants (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            quotas TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )",
+            "INSERT INTO tenants (id, name, quotas, created_at)
+             VALUES ('00000000-0000-0000-0000-000000000000', 'default', '{}', 0)",
+            "ALTER TABLE projects ADD COLUMN tenant_id TEXT NOT NULL DEFAULT '00000000-0000-0000-0000-000000000000'",
+            "CREATE INDEX projects_tenant ON projects (tenant_id)",
+            "CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            digest TEXT NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT,
+            revoked_at BIGINT
+        )",
+            "CREATE INDEX api_tokens_tenant ON api_tokens (tenant_id)",
+            "CREATE TABLE audit_log (
+            id TEXT PRIMARY KEY,
+            at BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            actor_tenant_id TEXT,
+            tenant_id TEXT,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            status BIGINT NOT NULL,
+            replica TEXT NOT NULL
+        )",
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+            "CREATE INDEX audit_log_tenant ON audit_log (tenant_id, at)",
+            // The compute's last sign of life (the scheduler's liveness check), so that one
+            // found dead is metered up to then, never up to when it was found.
+            "ALTER TABLE computes ADD COLUMN alive_at BIGINT",
+        ],
+    ),
 ];
+
+/// The tenant every project belonged to before tenants existed, and the one an operator's
+/// project lands in when no tenant is named.
+pub const DEFAULT_TENANT_ID: &str = "00000000-0000-0000-0000-000000000000";
 
 /// The channel on which PostgreSQL tells every replica what changed (`<kind>:<project id>`),
 /// sent in the transaction of the change.
@@ -186,6 +233,50 @@ pub struct Project {
     pub config: serde_json::Value,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// The tenant that owns the project ([`DEFAULT_TENANT_ID`] for projects made before
+    /// tenants existed).
+    pub tenant_id: String,
+}
+
+/// A customer of this doze: its projects, tokens and quotas.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// `{"max_projects": n, "max_running_computes": n, "max_memory": "4Gi"}`, each optional.
+    pub quotas: serde_json::Value,
+    pub created_at: i64,
+}
+
+/// An API token's record; the secret itself is never stored, only its SHA-256 digest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiToken {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub digest: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// One admin change: who made it, on which tenant's objects, and how it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: i64,
+    /// `operator`, or the id of the tenant token used.
+    pub actor: String,
+    /// The tenant of the token used (`None` for the operator).
+    pub actor_tenant_id: Option<String>,
+    /// The tenant whose objects the change touched, when known.
+    pub tenant_id: Option<String>,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub status: i64,
+    pub replica: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -430,20 +521,23 @@ impl Store {
     // ---- projects ----
 
     pub async fn insert_project(&self, p: &Project) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO projects (id, name, config, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&p.id)
-            .bind(&p.name)
-            .bind(p.config.to_string())
-            .bind(p.created_at)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        sqlx::query(
+            "INSERT INTO projects (id, name, config, created_at, tenant_id) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(p.config.to_string())
+        .bind(p.created_at)
+        .bind(&p.tenant_id)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
     }
 
     /// A project by id or by name.
     pub async fn project_by_key(&self, key: &str) -> anyhow::Result<Option<Project>> {
         let row = sqlx::query(
-            "SELECT id, name, config, created_at FROM projects WHERE id = $1 OR name = $2",
+            "SELECT id, name, config, created_at, tenant_id FROM projects WHERE id = $1 OR name = $2",
         )
         .bind(key)
         .bind(key)
@@ -454,7 +548,7 @@ impl Store {
 
     pub async fn list_projects(&self) -> anyhow::Result<Vec<Project>> {
         let rows = sqlx::query(
-            "SELECT id, name, config, created_at FROM projects ORDER BY created_at, name",
+            "SELECT id, name, config, created_at, tenant_id FROM projects ORDER BY created_at, name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -477,6 +571,217 @@ impl Store {
         self.notify(&mut tx, "project", id).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    // ---- tenants, tokens, audit ----
+
+    pub async fn insert_tenant(&self, t: &Tenant) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO tenants (id, name, quotas, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(t.quotas.to_string())
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// A tenant by id or by name.
+    pub async fn tenant_by_key(&self, key: &str) -> anyhow::Result<Option<Tenant>> {
+        let row = sqlx::query(
+            "SELECT id, name, quotas, created_at FROM tenants WHERE id = $1 OR name = $2",
+        )
+        .bind(key)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| tenant_from_row(&r)).transpose()
+    }
+
+    pub async fn list_tenants(&self) -> anyhow::Result<Vec<Tenant>> {
+        let rows = sqlx::query(
+            "SELECT id, name, quotas, created_at FROM tenants ORDER BY created_at, name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    pub async fn set_tenant_quotas(
+        &self,
+        id: &str,
+        quotas: &serde_json::Value,
+    ) -> anyhow::Result<bool> {
+        let done = sqlx::query("UPDATE tenants SET quotas = $1 WHERE id = $2")
+            .bind(quotas.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a tenant without projects, with its tokens; `false` when it still has projects
+    /// (checked in the same transaction, so a project created meanwhile is never orphaned).
+    pub async fn delete_tenant(&self, id: &str) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let projects: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE tenant_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if projects > 0 {
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM api_tokens WHERE tenant_id = $1",
+            "DELETE FROM tenants WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        self.notify(&mut tx, "token", id).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The projects of one tenant, oldest first.
+    pub async fn tenant_projects(&self, tenant_id: &str) -> anyhow::Result<Vec<Project>> {
+        let rows = sqlx::query(
+            "SELECT id, name, config, created_at, tenant_id FROM projects WHERE tenant_id = $1 ORDER BY created_at, name",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(project_from_row).collect()
+    }
+
+    /// The computes of one tenant's projects that hold a server (starting, running,
+    /// suspending or frozen): what its quotas of running computes and memory count.
+    pub async fn tenant_held_computes(&self, tenant_id: &str) -> anyhow::Result<Vec<Compute>> {
+        let rows = sqlx::query(&format!(
+            "{COMPUTE_SELECT} WHERE state IN ('starting', 'running', 'suspending', 'frozen')
+             AND project_id IN (SELECT id FROM projects WHERE tenant_id = $1) ORDER BY created_at"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(compute_from_row).collect()
+    }
+
+    pub async fn insert_token(&self, t: &ApiToken) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, tenant_id, name, digest, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant_id)
+        .bind(&t.name)
+        .bind(&t.digest)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    /// The token whose secret has this SHA-256 digest (lower-case hex).
+    pub async fn token_by_digest(&self, digest: &str) -> anyhow::Result<Option<ApiToken>> {
+        let row = sqlx::query(&format!("{TOKEN_SELECT} WHERE digest = $1"))
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
+    pub async fn tenant_tokens(&self, tenant_id: &str) -> anyhow::Result<Vec<ApiToken>> {
+        let rows = sqlx::query(&format!(
+            "{TOKEN_SELECT} WHERE tenant_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Marks a token revoked (kept for the audit trail); `false` when the tenant has no such
+    /// token. Tells every replica, which drop it from their caches.
+    pub async fn revoke_token(&self, tenant_id: &str, id: &str, at: i64) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND tenant_id = $3",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        self.notify(&mut tx, "token", id).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn insert_audit(&self, e: &AuditEntry) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, actor_tenant_id, tenant_id, method, path, status, replica)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&e.id)
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(e.actor_tenant_id.clone())
+        .bind(e.tenant_id.clone())
+        .bind(&e.method)
+        .bind(&e.path)
+        .bind(e.status)
+        .bind(&e.replica)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit entries before `before` (ms), newest first, of one tenant or of all.
+    pub async fn audit(
+        &self,
+        tenant_id: Option<&str>,
+        before: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<AuditEntry>> {
+        const COLUMNS: &str = "SELECT id, at, actor, actor_tenant_id, tenant_id, method, path, status, replica FROM audit_log";
+        let rows =
+            match tenant_id {
+                Some(t) => sqlx::query(&format!(
+                    "{COLUMNS} WHERE tenant_id = $1 AND at < $2 ORDER BY at DESC, id DESC LIMIT $3"
+                ))
+                .bind(t)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "{COLUMNS} WHERE at < $1 ORDER BY at DESC, id DESC LIMIT $2"
+                    ))
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    actor_tenant_id: r.try_get("actor_tenant_id")?,
+                    tenant_id: r.try_get("tenant_id")?,
+                    method: r.try_get("method")?,
+                    path: r.try_get("path")?,
+                    status: r.try_get("status")?,
+                    replica: r.try_get("replica")?,
+                })
+            })
+            .collect()
     }
 
     // ---- computes ----
@@ -517,6 +822,34 @@ impl Store {
         row.map(|r| compute_from_row(&r)).transpose()
     }
 
+    /// Records that these computes were seen alive at `at` (ms).
+    pub async fn mark_alive(&self, ids: &[String], at: i64) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (2..ids.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE computes SET alive_at = $1 WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(at);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// When the compute was last seen alive, if ever.
+    pub async fn alive_at(&self, id: &str) -> anyhow::Result<Option<i64>> {
+        let at: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT alive_at FROM computes WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(at.flatten())
+    }
+
     pub async fn list_computes(&self) -> anyhow::Result<Vec<Compute>> {
         let rows = sqlx::query(&format!("{COMPUTE_SELECT} ORDER BY created_at"))
             .fetch_all(&self.pool)
@@ -527,7 +860,19 @@ impl Store {
     /// Records a state change and its event in one transaction, if nobody changed the compute
     /// since it was read (its epoch); otherwise fails with [`Fenced`]. Tells every replica.
     pub async fn transition(&self, c: &Compute, t: &Transition<'_>) -> anyhow::Result<Compute> {
+        self.transition_at(c, t, None).await
+    }
+
+    /// As [`Store::transition`], with the event dated `event_at` (ms) when given: a change that
+    /// happened before it was recorded (a compute that died unseen). Never after now.
+    pub async fn transition_at(
+        &self,
+        c: &Compute,
+        t: &Transition<'_>,
+        event_at: Option<i64>,
+    ) -> anyhow::Result<Compute> {
         let now = now_ms() as i64;
+        let at = event_at.map_or(now, |at| at.min(now));
         let last_error = match t.last_error {
             Some(v) => v.map(str::to_owned),
             None => c.last_error.clone(),
@@ -571,7 +916,7 @@ impl Store {
         .bind(c.state.as_str())
         .bind(t.to.as_str())
         .bind(t.reason)
-        .bind(now)
+        .bind(at)
         .execute(&mut *tx)
         .await?;
         self.notify(&mut tx, "compute", &c.project_id).await?;
@@ -1100,6 +1445,31 @@ fn project_from_row(r: &AnyRow) -> anyhow::Result<Project> {
         name: r.try_get("name")?,
         config: parse_json(&r.try_get::<String, _>("config")?)?,
         created_at: r.try_get("created_at")?,
+        tenant_id: r.try_get("tenant_id")?,
+    })
+}
+
+const TOKEN_SELECT: &str =
+    "SELECT id, tenant_id, name, digest, created_at, expires_at, revoked_at FROM api_tokens";
+
+fn tenant_from_row(r: &AnyRow) -> anyhow::Result<Tenant> {
+    Ok(Tenant {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        quotas: parse_json(&r.try_get::<String, _>("quotas")?)?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn token_from_row(r: &AnyRow) -> anyhow::Result<ApiToken> {
+    Ok(ApiToken {
+        id: r.try_get("id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        name: r.try_get("name")?,
+        digest: r.try_get("digest")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
     })
 }
 

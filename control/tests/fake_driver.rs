@@ -295,3 +295,84 @@ async fn drivers_that_cannot_freeze_stop_idle_computes() {
     assert_eq!(env.state(&c).await, ComputeState::Suspended);
     assert_eq!(env.driver.stops(), 1);
 }
+
+/// A compute that dies unseen is metered up to its last sign of life, never up to when it was
+/// found dead: by the scheduler while doze runs, and by the next doze after a crash of doze.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_nobody_saw_is_dated_at_the_last_sign_of_life() {
+    let env = env(|_| {}).await;
+    let now = || doze_control::activity::now_ms() as i64;
+    let (seen, seen_c) = env.project("seen", serde_json::json!({})).await;
+    let (unseen, unseen_c) = env.project("unseen", serde_json::json!({})).await;
+    env.plane.wake(&seen).await.expect("wake");
+    env.plane.wake(&unseen).await.expect("wake");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A liveness pass finds both alive: their last sign of life.
+    let checked = now();
+    assert_eq!(env.plane.find_lost().await.expect("pass"), 0);
+    let checked_after = now();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // While doze runs: dies, found by the next pass 800 ms later.
+    env.driver.kill(&seen);
+    let second = now();
+    assert_eq!(env.plane.find_lost().await.expect("pass"), 1);
+    let found = now();
+    let lost: Vec<_> = env
+        .plane
+        .compute_events(&seen_c)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.reason == "lost")
+        .collect();
+    assert_eq!(lost.len(), 2, "{lost:?}");
+    for e in &lost {
+        assert!(
+            e.at >= checked && e.at <= checked_after,
+            "dated at the check that last saw it ({checked}..{checked_after}), not when found ({found}): {e:?}"
+        );
+    }
+
+    // After a crash of doze: the compute dies while nobody watches; the next doze dates it at
+    // the last check that saw it (the second pass), not at its own start.
+    env.driver.kill(&unseen);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted = ControlPlane::start_with_driver(
+        env.cfg.clone(),
+        Activity::new(),
+        env.store.clone(),
+        env.driver.clone(),
+    )
+    .await
+    .expect("second plane");
+    let events = restarted.compute_events(&unseen_c).await.expect("events");
+    let last = events.last().expect("events");
+    assert_eq!(last.to_state, "suspended", "{events:?}");
+    assert!(
+        last.at >= second && last.at <= found,
+        "dated at the last check ({second}..{found}): {last:?}"
+    );
+    // Metered: running from the wake up to that check (±, never through the downtime).
+    let usage = restarted
+        .usage(
+            Some(&unseen),
+            None,
+            0,
+            now(),
+            doze_control::usage::Granularity::Total,
+        )
+        .await
+        .expect("usage");
+    let woke = events
+        .iter()
+        .find(|e| e.to_state == "starting")
+        .expect("a start")
+        .at;
+    let metered = usage[0].0.running_ms;
+    assert!(
+        metered <= found - woke && metered >= second - woke,
+        "running {metered} ms, expected about {} ms",
+        second - woke
+    );
+}

@@ -473,3 +473,57 @@ async fn a_compute_one_replica_froze_is_thawed_by_another() {
     assert_eq!(again.address, first.address);
     assert_eq!(a.stats().thaws.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// A token revoked through one replica fails on the others at once (within a second, the
+/// change channel's delivery), though they had it cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_replica_fails_on_the_others() {
+    let c = replicas(3, |_| {}).await;
+    let tenancy = |i: usize| c.planes[i].tenancy();
+    let operator = doze_control::tenancy::Caller::Operator;
+    let t = tenancy(0)
+        .create_tenant("spread", json!({}))
+        .await
+        .expect("tenant");
+    let (token, secret) = tenancy(0)
+        .create_token(&t, "ci", None)
+        .await
+        .expect("token");
+    for i in 0..3 {
+        let caller = tenancy(i).authenticate(&secret).await.expect("lookup");
+        assert!(
+            matches!(&caller, Some(doze_control::tenancy::Caller::Tenant { tenant_id, .. }) if *tenant_id == t.id),
+            "replica {i}: {caller:?}"
+        );
+    }
+    let t_on_1 = tenancy(1)
+        .tenant(&operator, "spread")
+        .await
+        .expect("tenant");
+    tenancy(1)
+        .revoke_token(&t_on_1, &token.id)
+        .await
+        .expect("revoke");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for i in [0, 2] {
+        while tenancy(i)
+            .authenticate(&secret)
+            .await
+            .expect("lookup")
+            .is_some()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} still accepts a token revoked on replica 1"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(
+        tenancy(1)
+            .authenticate(&secret)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+}

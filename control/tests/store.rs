@@ -15,6 +15,7 @@ async fn exercise(dsn: &str) {
         name: "one".into(),
         config: json!({"idle_timeout": 300, "nested": {"a": [1, 2]}}),
         created_at: 1_000,
+        tenant_id: doze_control::store::DEFAULT_TENANT_ID.into(),
     };
     store.insert_project(&p).await.expect("insert");
     let dup = Project {

@@ -106,6 +106,9 @@ pub enum WakeError {
     Timeout { project: String, timeout_secs: u64 },
     #[error("unknown project '{0}'")]
     UnknownProject(String),
+    /// The project's tenant is at a quota (running computes or memory); names the quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("doze is shutting down")]
     ShuttingDown,
     /// The state store failed (the cause, for logs; clients are told to retry).

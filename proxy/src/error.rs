@@ -117,6 +117,7 @@ impl ProxyError {
             ProxyError::ChangeUserRefused(_) => ("change_user_refused", Client),
             ProxyError::ControlUnavailable(_) => ("control_unavailable", Doze),
             ProxyError::TooManyConnections(_) => ("too_many_connections", Doze),
+            ProxyError::Wake(WakeError::QuotaExceeded(_)) => ("quota_exceeded", Client),
             ProxyError::Wake(_) => ("wake_failed", Doze),
             ProxyError::WakeTimeout(_) => ("wake_timeout", Doze),
             ProxyError::BackendConnect(_) => ("backend_connect", Doze),
@@ -218,6 +219,10 @@ impl ProxyError {
                 "HY000",
                 "doze: the control plane could not wake the compute; try again shortly".to_owned(),
             ),
+            // ER_USER_LIMIT_REACHED: a resource limit, which drivers do not retry blindly.
+            ProxyError::Wake(e @ WakeError::QuotaExceeded(_)) => {
+                (1226, "42000", format!("doze: {e}"))
+            }
             ProxyError::Wake(e) => (1105, "HY000", format!("doze: {e}")),
             ProxyError::WakeTimeout(secs) => (
                 1105,
@@ -310,6 +315,21 @@ mod tests {
         assert!(!unknown.to_string().contains('\n'));
         let m = unknown.to_err_packet().expect("packet").message;
         assert!(m.contains("p\\r\\n"), "{m}");
+    }
+
+    #[test]
+    fn a_quota_is_a_resource_limit_error() {
+        let e = ProxyError::Wake(WakeError::QuotaExceeded(
+            "tenant 'acme' has reached its quota max_running_computes = 1 (1 running)".into(),
+        ));
+        let err = e.to_err_packet().expect("packet");
+        assert_eq!(err.code, 1226);
+        assert_eq!(err.sql_state, Some(*b"42000"));
+        assert!(
+            err.message.contains("max_running_computes"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -33,6 +33,13 @@ pub struct AdminConn {
     output: String,
 }
 
+impl AdminConn {
+    /// True when the output is the human table (so extra lines go to stderr, not into JSON).
+    pub(super) fn is_table(&self) -> bool {
+        self.output == "table"
+    }
+}
+
 /// `doze usage [PROJECT]`.
 #[derive(Args, Debug)]
 pub struct UsageArgs {
@@ -101,6 +108,9 @@ pub enum ProjectCmd {
         /// What the idle compute becomes: `freeze` (resumed in about a millisecond) or `stop`; default: the server's --suspend-mode.
         #[arg(long, value_parser = ["freeze", "stop"])]
         suspend_mode: Option<String>,
+        /// The tenant that owns the project (id or name); default: the token's tenant, or the `default` tenant for the operator.
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -113,8 +123,11 @@ pub enum ProjectCmd {
         #[command(flatten)]
         conn: AdminConn,
     },
-    /// List projects.
+    /// List projects (a tenant token sees its tenant's).
     List {
+        /// Only this tenant's projects (id or name).
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         conn: AdminConn,
     },
@@ -223,6 +236,7 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
             password,
             idle_timeout,
             suspend_mode,
+            tenant,
             conn,
         } => {
             let mut config = json!({});
@@ -233,17 +247,24 @@ pub async fn project(cmd: ProjectCmd) -> anyhow::Result<()> {
                 config["suspend_mode"] = json!(mode);
             }
             let first_role = role.map(|r| (r, password));
-            create_project(&conn, &name, config, compute, first_role).await
+            let body = json!({"name": name, "config": config, "tenant": tenant});
+            create_project(&conn, &name, body, compute, first_role).await
         }
         ProjectCmd::Connect {
             project,
             role,
             conn,
         } => connect_hint(&conn, &project, &role, false).await,
-        ProjectCmd::List { conn } => print(
-            &conn,
-            call(&conn, Method::GET, "/api/v1/projects", None).await?,
-        ),
+        ProjectCmd::List { tenant, conn } => {
+            let path = match tenant {
+                Some(t) => format!(
+                    "/api/v1/projects?tenant={}",
+                    percent_encoding::utf8_percent_encode(&t, percent_encoding::NON_ALPHANUMERIC)
+                ),
+                None => "/api/v1/projects".to_owned(),
+            };
+            print(&conn, call(&conn, Method::GET, &path, None).await?)
+        }
         ProjectCmd::Get { project, conn } => print(
             &conn,
             call(&conn, Method::GET, &api_path(&["projects", &project]), None).await?,
@@ -377,17 +398,11 @@ pub async fn role(cmd: RoleCmd) -> anyhow::Result<()> {
 async fn create_project(
     conn: &AdminConn,
     name: &str,
-    config: Value,
+    body: Value,
     with_compute: bool,
     first_role: Option<(String, Option<String>)>,
 ) -> anyhow::Result<()> {
-    let project = call(
-        conn,
-        Method::POST,
-        "/api/v1/projects",
-        Some(json!({"name": name, "config": config})),
-    )
-    .await?;
+    let project = call(conn, Method::POST, "/api/v1/projects", Some(body)).await?;
     let id = project["id"]
         .as_str()
         .context("the admin API returned a project without an id")?
@@ -505,7 +520,7 @@ async fn create_role(
 
 /// `/api/v1/` and `segments`, each percent-encoded: a role named `q?z` or `a b` must reach the
 /// API as one path segment, never cut short at the `?` (which deleted the role `q`).
-fn api_path(segments: &[&str]) -> String {
+pub(super) fn api_path(segments: &[&str]) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
     let mut path = String::from("/api/v1");
     for segment in segments {
@@ -534,7 +549,7 @@ fn password_or_generated(password: Option<String>) -> (String, bool) {
 }
 
 /// Prints one answer of the admin API in the chosen format (`-o`).
-fn print(conn: &AdminConn, value: Value) -> anyhow::Result<()> {
+pub(super) fn print(conn: &AdminConn, value: Value) -> anyhow::Result<()> {
     if value.is_null() {
         return Ok(());
     }
@@ -547,7 +562,7 @@ fn print(conn: &AdminConn, value: Value) -> anyhow::Result<()> {
 }
 
 /// One admin API call; non-2xx answers become errors carrying the API's message.
-async fn call(
+pub(super) async fn call(
     conn: &AdminConn,
     method: Method,
     path: &str,

@@ -5,6 +5,7 @@ pub mod config_file;
 mod metrics_http;
 mod output;
 mod serve;
+mod tenants;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,14 @@ pub enum Command {
     /// Create, list and delete a project's roles, and change their passwords (through the admin API).
     #[command(subcommand)]
     Role(admin::RoleCmd),
+    /// Create, list and delete tenants, and set their quotas (through the admin API).
+    #[command(subcommand)]
+    Tenant(tenants::TenantCmd),
+    /// Create, list and revoke a tenant's API tokens.
+    #[command(subcommand)]
+    Token(tenants::TokenCmd),
+    /// The audit log: who changed what through the admin API, newest first.
+    Audit(tenants::AuditArgs),
     /// Usage per project, from the admin API: seconds the compute ran and sat frozen, per day, hour or in total (`doze usage shop --from 2026-11-01 -o csv`).
     Usage(admin::UsageArgs),
     /// Print this doze's version and commit, and those of the running doze it talks to.
@@ -53,6 +62,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compute(cmd) => admin::compute(cmd).await,
         Command::Role(cmd) => admin::role(cmd).await,
         Command::Usage(args) => admin::usage(args).await,
+        Command::Tenant(cmd) => tenants::tenant(cmd).await,
+        Command::Token(cmd) => tenants::token(cmd).await,
+        Command::Audit(args) => tenants::audit(args).await,
         Command::Version(conn) => admin::version(conn).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
