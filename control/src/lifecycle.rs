@@ -82,6 +82,47 @@ struct LeaseKeeper {
     lost: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// Computes per state as this replica sees them, and their integral over time: the compute
+/// seconds counters (`doze_compute_seconds_total`), accrued at every change and every scrape.
+#[derive(Default)]
+pub(crate) struct Gauges {
+    counts: std::collections::HashMap<ComputeState, i64>,
+    /// When the counts were last accrued into the counters.
+    since: Option<Instant>,
+    /// Fractions of a second not yet added to the (whole-second) counters.
+    carry_running: f64,
+    carry_frozen: f64,
+}
+
+impl Gauges {
+    /// Adds the time since the last accrual, times the computes in each state, to the
+    /// counters: `running` for a process that exists unfrozen (starting, running,
+    /// suspending), as usage meters it; `frozen` for frozen ones.
+    fn accrue(&mut self) {
+        let now = Instant::now();
+        let dt = self
+            .since
+            .map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        self.since = Some(now);
+        let count = |st: ComputeState| self.counts.get(&st).copied().unwrap_or(0).max(0) as f64;
+        let running = count(ComputeState::Starting)
+            + count(ComputeState::Running)
+            + count(ComputeState::Suspending);
+        self.carry_running += running * dt;
+        self.carry_frozen += count(ComputeState::Frozen) * dt;
+        for (state, carry) in [
+            ("running", &mut self.carry_running),
+            ("frozen", &mut self.carry_frozen),
+        ] {
+            // Whole seconds (the counter is an integer); also registers it at 0 on the first
+            // accrual, so that a scrape shows it from the start.
+            let whole = carry.floor();
+            metrics::counter!(m::COMPUTE_SECONDS, "state" => state).increment(whole as u64);
+            *carry -= whole;
+        }
+    }
+}
+
 /// What a check of a compute recorded as running found.
 pub(crate) enum Liveness {
     Alive(WakeInfo),
@@ -119,7 +160,7 @@ pub struct Lifecycle {
     /// project id -> address of its running compute.
     wake_cache: moka::sync::Cache<String, WakeInfo>,
     slots: std::sync::Mutex<std::collections::HashMap<String, Arc<Slot>>>,
-    gauges: std::sync::Mutex<std::collections::HashMap<ComputeState, i64>>,
+    gauges: std::sync::Mutex<Gauges>,
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
     /// `--frozen-memory-budget` in bytes (`u64::MAX`: none); changeable while serving.
     pub(crate) frozen_budget: std::sync::atomic::AtomicU64,
@@ -1377,12 +1418,13 @@ impl Lifecycle {
         }
         let computes = self.store.list_computes().await?;
         let mut gauges = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
-        gauges.clear();
+        gauges.accrue();
+        gauges.counts.clear();
         for c in computes {
-            *gauges.entry(c.state).or_default() += 1;
+            *gauges.counts.entry(c.state).or_default() += 1;
         }
         for st in ComputeState::ALL {
-            let v = gauges.get(&st).copied().unwrap_or(0);
+            let v = gauges.counts.get(&st).copied().unwrap_or(0);
             metrics::gauge!(m::COMPUTES, "state" => st.as_str()).set(v as f64);
         }
         Ok(())
@@ -1452,12 +1494,21 @@ impl Lifecycle {
         Ok(next)
     }
 
+    /// Brings `doze_compute_seconds_total` up to now (before a scrape).
+    pub fn accrue_compute_seconds(&self) {
+        self.gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accrue();
+    }
+
     /// Moves one compute between the `doze_computes` gauge's states.
     pub(crate) fn gauge_move(&self, from: Option<ComputeState>, to: Option<ComputeState>) {
         let mut gauges = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        gauges.accrue();
         for (state, delta) in [(from, -1i64), (to, 1)] {
             if let Some(state) = state {
-                let v = gauges.entry(state).or_default();
+                let v = gauges.counts.entry(state).or_default();
                 *v += delta;
                 metrics::gauge!(m::COMPUTES, "state" => state.as_str()).set(*v as f64);
             }

@@ -19,6 +19,9 @@ pub const COMPUTE_START_DURATION: &str = "doze_compute_start_duration_seconds";
 pub const WAKES_COALESCED: &str = "doze_wakes_coalesced_total";
 /// Gauge, label `state`: computes per state.
 pub const COMPUTES: &str = "doze_computes";
+/// Counter, label `state` = running | frozen: seconds computes spent holding a server, summed
+/// over computes (the integral of `doze_computes`); the per-project view is the usage API.
+pub const COMPUTE_SECONDS: &str = "doze_compute_seconds_total";
 /// Counter, label `reason` = idle | api | shutdown | deleted: computes suspended.
 pub const SUSPENDS: &str = "doze_suspends_total";
 /// Counter: computes recorded as running that the scheduler found dead (crashed, killed).
@@ -112,6 +115,11 @@ pub fn describe() {
     metrics::describe_counter!(
         START_LEASES,
         "Start leases contended for, by outcome (won, lost to another replica, takeover of an expired one)"
+    );
+    metrics::describe_counter!(
+        COMPUTE_SECONDS,
+        metrics::Unit::Seconds,
+        "Compute seconds summed over every compute, by state (running: starting, running or suspending; frozen), as this replica sees them"
     );
     metrics::describe_counter!(
         INVALIDATIONS,

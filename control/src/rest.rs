@@ -1254,6 +1254,7 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
         Some(handle) => {
             // The process_* metrics (CPU, memory, open files), read now.
             metrics_process::Collector::default().collect();
+            s.plane.lifecycle().accrue_compute_seconds();
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 handle.render(),

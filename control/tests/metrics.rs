@@ -29,7 +29,10 @@ async fn metrics_are_emitted_with_the_documented_names_and_buckets() {
         t.await.expect("join").expect("wake");
     }
     plane.wake(&pid).await.expect("warm wake");
+    let woke = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     plane.suspend_compute(&cid).await.expect("suspend");
+    let ran = woke.elapsed().as_secs_f64();
     let router = doze_control::rest::router(std::sync::Arc::clone(plane), Some(handle));
     let (status, body) = call(&router, "GET", "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -46,5 +49,20 @@ async fn metrics_are_emitted_with_the_documented_names_and_buckets() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+    // The integral of doze_computes: this compute ran at least the time it was awake (the
+    // counter counts whole seconds), and nothing was frozen.
+    let seconds = |state: &str| -> f64 {
+        let key = format!("doze_compute_seconds_total{{state=\"{state}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+    };
+    let running = seconds("running");
+    assert!(
+        running >= ran.floor() && running <= ran + 10.0,
+        "running {running} s, awake {ran} s"
+    );
+    assert_eq!(seconds("frozen"), 0.0);
     plane.shutdown().await;
 }

@@ -276,7 +276,7 @@ async fn a_start_whose_owner_died_is_taken_over_after_its_lease() {
 }
 
 /// Statements that the warm path would send on a cache miss: the role, project and compute
-/// lookups. Heartbeats, leases, notifications and sqlx's own housekeeping run meanwhile on
+/// lookups, and an API token's. Heartbeats, leases, notifications and sqlx's own housekeeping run meanwhile on
 /// their own schedule and are not counted (counting them made this test flaky).
 async fn statements(dsn: &str) -> i64 {
     use sqlx::Connection;
@@ -284,7 +284,7 @@ async fn statements(dsn: &str) -> i64 {
     let n: i64 = sqlx::query_scalar(
         "SELECT COALESCE(SUM(calls), 0)::BIGINT FROM pg_stat_statements
          WHERE query ILIKE '%FROM roles WHERE%' OR query ILIKE '%FROM projects WHERE%'
-            OR query ILIKE '%FROM computes WHERE%'",
+            OR query ILIKE '%FROM computes WHERE%' OR query ILIKE '%FROM api_tokens WHERE%'",
     )
     .fetch_one(&mut conn)
     .await
@@ -332,6 +332,21 @@ async fn warm_connects_send_no_query_to_postgres() {
         .create_role(&project, "app", "app-password-1")
         .await
         .expect("role");
+    // A tenant's token, used once: later requests with it are cache hits.
+    let tenant = plane
+        .tenancy()
+        .create_tenant("warm-tenant", json!({}))
+        .await
+        .expect("tenant");
+    let (_, secret) = plane
+        .tenancy()
+        .create_token(&tenant, "ci", None)
+        .await
+        .expect("token");
+    let token_ok = |caller: Option<doze_control::tenancy::Caller>| {
+        assert!(caller.is_some_and(|c| c.tenant() == Some(tenant.id.as_str())));
+    };
+    token_ok(plane.tenancy().authenticate(&secret).await.expect("token"));
     // The first connect loads the role and starts the compute.
     plane.lookup_role("warm", "app").await.expect("lookup");
     plane.wake(&project).await.expect("wake");
@@ -342,6 +357,7 @@ async fn warm_connects_send_no_query_to_postgres() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let role = plane.lookup_role("warm", "app").await.expect("lookup");
         plane.wake(&role.project_id).await.expect("warm wake");
+        token_ok(plane.tenancy().authenticate(&secret).await.expect("token"));
         let now = statements(&pg.dsn()).await;
         if now == before {
             break;
@@ -349,17 +365,19 @@ async fn warm_connects_send_no_query_to_postgres() {
         before = now;
     }
     // What the proxy asks for every connection: the role (by project name) and the address.
+    // And what every admin request with a tenant token asks: the token.
     for _ in 0..1000 {
         let role = plane.lookup_role("warm", "app").await.expect("lookup");
         assert!(role.stored_hash.is_some());
         plane.wake(&role.project_id).await.expect("warm wake");
+        token_ok(plane.tenancy().authenticate(&secret).await.expect("token"));
     }
     let after = statements(&pg.dsn()).await;
     // The counting query itself is excluded; nothing else may have run.
     assert_eq!(
         after - before,
         0,
-        "1000 warm connects sent {} statements: {:?}",
+        "1000 warm connects and token checks sent {} statements: {:?}",
         after - before,
         statement_texts(&pg.dsn()).await
     );
