@@ -171,7 +171,13 @@ impl Catalog {
     async fn insert_project(&self, project: Project) -> Result<Project, ControlError> {
         let name = project.name.as_str();
         match self.store.insert_project(&project).await {
-            Ok(()) => {}
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ControlError::NotFound(format!(
+                    "no tenant with id or name '{}'",
+                    project.tenant_id
+                )));
+            }
             Err(e) if is_unique_violation(&e) => {
                 return Err(ControlError::Conflict(format!(
                     "a project named '{name}' already exists"

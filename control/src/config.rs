@@ -148,6 +148,8 @@ pub struct ControlConfig {
     pub admin_tls: AdminTls,
     /// The frozen tier.
     pub frozen: FrozenPolicy,
+    /// Audit log entries older than this are deleted by the scheduler; zero keeps them all.
+    pub audit_retention: Duration,
 }
 
 impl Default for ControlConfig {
@@ -166,6 +168,7 @@ impl Default for ControlConfig {
             kubernetes: KubernetesConfig::default(),
             admin_tls: AdminTls::default(),
             frozen: FrozenPolicy::default(),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }

@@ -419,7 +419,10 @@ async fn require_token(State(state): State<AppState>, mut req: Request, next: Ne
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
     let resp = next.run(req).await;
-    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+    // Changes, and the one GET that changes something (a wake starts a compute).
+    let audited = (method != axum::http::Method::GET && method != axum::http::Method::HEAD)
+        || path.starts_with("/api/v1/wake_compute");
+    if audited {
         let tenant_id = auth
             .target
             .get()
@@ -1146,7 +1149,12 @@ async fn create_token(
     let (token, secret) = s
         .plane
         .tenancy()
-        .create_token(&t, body.name.as_deref().unwrap_or(""), expires_at)
+        .create_token(
+            &t,
+            body.name.as_deref().unwrap_or(""),
+            expires_at,
+            &auth.caller,
+        )
         .await?;
     let mut body = token_json(&token);
     body["token"] = json!(secret);

@@ -59,11 +59,29 @@ pub(crate) fn spawn(plane: Arc<Lifecycle>) -> tokio::task::JoinHandle<()> {
             if let Err(e) = plane.suspend_idle().await {
                 tracing::warn!(error = %format!("{e:#}"), "idle check failed");
             }
+            plane.prune_audit().await;
         }
     })
 }
 
 impl Lifecycle {
+    /// Deletes audit entries older than `--audit-retention` (none when it is zero).
+    pub(crate) async fn prune_audit(&self) {
+        if self.cfg.audit_retention.is_zero() {
+            return;
+        }
+        let keep = i64::try_from(self.cfg.audit_retention.as_millis()).unwrap_or(i64::MAX);
+        let before = (now_ms() as i64).saturating_sub(keep);
+        match self.store.prune_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                "pruned audit log entries past --audit-retention"
+            ),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune the audit log"),
+        }
+    }
+
     /// The idle timeout of a project: its `config.idle_timeout` (seconds) or the default.
     fn idle_timeout_of(&self, config: &serde_json::Value) -> Duration {
         match config.get("idle_timeout").and_then(|v| v.as_f64()) {

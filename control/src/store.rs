@@ -150,8 +150,10 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             digest TEXT NOT NULL UNIQUE,
             created_at BIGINT NOT NULL,
             expires_at BIGINT,
-            revoked_at BIGINT
+            revoked_at BIGINT,
+            created_by TEXT NOT NULL
         )",
+            "CREATE INDEX api_tokens_creator ON api_tokens (created_by)",
             "CREATE INDEX api_tokens_tenant ON api_tokens (tenant_id)",
             "CREATE TABLE audit_log (
             id TEXT PRIMARY KEY,
@@ -259,6 +261,8 @@ pub struct ApiToken {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// `operator`, or the id of the tenant token that created it (revoked with it).
+    pub created_by: String,
 }
 
 /// One admin change: who made it, on which tenant's objects, and how it ended.
@@ -520,18 +524,31 @@ impl Store {
 
     // ---- projects ----
 
-    pub async fn insert_project(&self, p: &Project) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO projects (id, name, config, created_at, tenant_id) VALUES ($1, $2, $3, $4, $5)",
+    /// Inserts a project; `false` when its tenant does not exist (deleted meanwhile: the
+    /// tenant's row is locked on PostgreSQL, and SQLite runs one writer at a time, so a project
+    /// is never left without its tenant).
+    pub async fn insert_project(&self, p: &Project) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR SHARE")
+                .bind(&p.tenant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        let done = sqlx::query(
+            "INSERT INTO projects (id, name, config, created_at, tenant_id)
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $6)",
         )
         .bind(&p.id)
         .bind(&p.name)
         .bind(p.config.to_string())
         .bind(p.created_at)
         .bind(&p.tenant_id)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        .bind(&p.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// A project by id or by name.
@@ -624,6 +641,13 @@ impl Store {
     /// (checked in the same transaction, so a project created meanwhile is never orphaned).
     pub async fn delete_tenant(&self, id: &str) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            // Waits for project inserts into this tenant (they hold it FOR SHARE).
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
         let projects: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE tenant_id = $1")
                 .bind(id)
@@ -669,8 +693,8 @@ impl Store {
 
     pub async fn insert_token(&self, t: &ApiToken) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, tenant_id, name, digest, created_at, expires_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_tokens (id, tenant_id, name, digest, created_at, expires_at, revoked_at, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&t.id)
         .bind(&t.tenant_id)
@@ -679,6 +703,7 @@ impl Store {
         .bind(t.created_at)
         .bind(t.expires_at)
         .bind(t.revoked_at)
+        .bind(&t.created_by)
         .execute(&self.pool)
         .await
         .map(|_| ())
@@ -703,21 +728,58 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
-    /// Marks a token revoked (kept for the audit trail); `false` when the tenant has no such
-    /// token. Tells every replica, which drop it from their caches.
-    pub async fn revoke_token(&self, tenant_id: &str, id: &str, at: i64) -> anyhow::Result<bool> {
+    /// A token by id.
+    pub async fn token(&self, id: &str) -> anyhow::Result<Option<ApiToken>> {
+        let row = sqlx::query(&format!("{TOKEN_SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| token_from_row(&r)).transpose()
+    }
+
+    /// Marks a token revoked (kept for the audit trail), with every token created through it,
+    /// and theirs; returns the digests revoked now (empty when the tenant has no such token,
+    /// or it was revoked already). Tells every replica, which drop them from their caches.
+    pub async fn revoke_token(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        at: i64,
+    ) -> anyhow::Result<Option<Vec<String>>> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND tenant_id = $3",
-        )
-        .bind(at)
-        .bind(id)
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?;
-        self.notify(&mut tx, "token", id).await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT id FROM api_tokens WHERE id = $1 AND tenant_id = $2")
+                .bind(id)
+                .bind(tenant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let mut revoked = Vec::new();
+        let mut frontier = vec![id.to_owned()];
+        // Tokens form a tree (a token's creator is older than it), so this ends.
+        while let Some(next) = frontier.pop() {
+            let digest: Option<String> = sqlx::query_scalar(
+                "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING digest",
+            )
+            .bind(at)
+            .bind(&next)
+            .fetch_optional(&mut *tx)
+            .await?;
+            revoked.extend(digest);
+            let children: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM api_tokens WHERE created_by = $1")
+                    .bind(&next)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            frontier.extend(children);
+        }
+        if !revoked.is_empty() {
+            self.notify(&mut tx, "token", id).await?;
+        }
         tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(Some(revoked))
     }
 
     pub async fn insert_audit(&self, e: &AuditEntry) -> anyhow::Result<()> {
@@ -737,6 +799,15 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Deletes the audit entries older than `before` (ms); how many.
+    pub async fn prune_audit(&self, before: i64) -> anyhow::Result<u64> {
+        let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Audit entries before `before` (ms), newest first, of one tenant or of all.
@@ -1449,8 +1520,7 @@ fn project_from_row(r: &AnyRow) -> anyhow::Result<Project> {
     })
 }
 
-const TOKEN_SELECT: &str =
-    "SELECT id, tenant_id, name, digest, created_at, expires_at, revoked_at FROM api_tokens";
+const TOKEN_SELECT: &str = "SELECT id, tenant_id, name, digest, created_at, expires_at, revoked_at, created_by FROM api_tokens";
 
 fn tenant_from_row(r: &AnyRow) -> anyhow::Result<Tenant> {
     Ok(Tenant {
@@ -1470,6 +1540,7 @@ fn token_from_row(r: &AnyRow) -> anyhow::Result<ApiToken> {
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        created_by: r.try_get("created_by")?,
     })
 }
 

@@ -22,9 +22,11 @@ use crate::store::{
 /// The prefix of every tenant token, so that secret scanners (and people) can tell one.
 pub const TOKEN_PREFIX: &str = "doze_";
 
-/// The memory a compute without `resources.memory` counts against a memory quota: the local
-/// driver gives it a 64 MiB buffer pool, which is half of this (the rule for sized computes).
-pub const DEFAULT_COMPUTE_MEMORY: u64 = 128 << 20;
+/// The least memory a compute counts against a memory quota: the least memory limit the local
+/// driver gives a compute (a server peaks near 200 MiB while it starts, whatever its buffer
+/// pool), so that `resources.memory: "1"` cannot slip a hundred computes under a quota. A
+/// compute without `resources.memory` counts this much too.
+pub const MIN_COMPUTE_MEMORY: u64 = crate::driver::freezer::MIN_MEMORY_MAX;
 
 /// Who is calling the admin API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,13 +123,15 @@ impl Quotas {
     }
 }
 
-/// The memory a compute config counts against a quota (see [`DEFAULT_COMPUTE_MEMORY`]).
+/// The memory a compute config counts against a quota: its `resources.memory`, at least
+/// [`MIN_COMPUTE_MEMORY`].
 pub fn compute_memory(config: &serde_json::Value) -> u64 {
     config
         .pointer("/resources/memory")
         .and_then(|v| v.as_str())
         .and_then(crate::driver::local::parse_memory)
-        .unwrap_or(DEFAULT_COMPUTE_MEMORY)
+        .unwrap_or(0)
+        .max(MIN_COMPUTE_MEMORY)
 }
 
 /// A tenant's current use of what its quotas bound.
@@ -155,6 +159,9 @@ pub struct Tenancy {
     /// Token digest -> its record. Revocations clear it here and, through the change channel,
     /// on every replica; expiry is checked at every use, cached or not.
     tokens: moka::future::Cache<String, ApiToken>,
+    /// Bumped by every revocation: a lookup that read a token before a revocation and lands in
+    /// the cache after it is dropped again (see [`Tenancy::authenticate`]).
+    generation: std::sync::atomic::AtomicU64,
     /// Held from a quota check to the change it allows (a project's insert, a compute's claim
     /// to start), so two creates or wakes of one tenant in this process cannot both pass a
     /// check that only one of them fits.
@@ -170,11 +177,15 @@ impl Tenancy {
                 .time_to_live(Duration::from_secs(300))
                 .build(),
             quota_gate: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Forgets every cached token (one was revoked, here or on another replica).
+    /// Forgets every cached token (one was revoked on another replica, or the change channel
+    /// reconnected).
     pub(crate) fn tokens_changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.tokens.invalidate_all();
     }
 
@@ -186,6 +197,7 @@ impl Tenancy {
         }
         let digest = token_digest(secret);
         let store = &self.store;
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let found = self
             .tokens
             .try_get_with(digest.clone(), async {
@@ -196,6 +208,10 @@ impl Tenancy {
                 }
             })
             .await;
+        // A revocation that landed during the lookup must not leave the old record cached.
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            self.tokens.invalidate(&digest).await;
+        }
         let token = match found {
             Ok(t) => t,
             Err(e) => {
@@ -312,12 +328,15 @@ impl Tenancy {
 
     // ---- tokens ----
 
-    /// Creates a token for `tenant`; the secret is in the answer only.
+    /// Creates a token for `tenant` on behalf of `creator`; the secret is in the answer only.
+    /// A token made with a tenant token expires no later than it, and is revoked with it: a
+    /// leaked token cannot outlive its revocation through tokens it made.
     pub async fn create_token(
         &self,
         tenant: &Tenant,
         name: &str,
         expires_at: Option<i64>,
+        creator: &Caller,
     ) -> Result<(ApiToken, String), ControlError> {
         if name.chars().count() > 100 || name.chars().any(char::is_control) {
             return Err(ControlError::Invalid(
@@ -332,6 +351,19 @@ impl Tenancy {
                 "expires_at is in the past: a token must expire after it is created".into(),
             ));
         }
+        let (expires_at, created_by) = match creator {
+            Caller::Operator => (expires_at, "operator".to_owned()),
+            Caller::Tenant { token_id, .. } => {
+                let parent = self.store.token(token_id).await?.ok_or_else(|| {
+                    ControlError::NotFound("the token making this request is gone".into())
+                })?;
+                let capped = match (expires_at, parent.expires_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                (capped, parent.id)
+            }
+        };
         let secret = new_secret();
         let token = ApiToken {
             id: uuid::Uuid::new_v4().to_string(),
@@ -341,6 +373,7 @@ impl Tenancy {
             created_at: now,
             expires_at,
             revoked_at: None,
+            created_by,
         };
         self.store.insert_token(&token).await?;
         tracing::info!(tenant_id = %tenant.id, token_id = %token.id, "token created");
@@ -351,21 +384,28 @@ impl Tenancy {
         Ok(self.store.tenant_tokens(&tenant.id).await?)
     }
 
-    /// Revokes a token at once on this replica, and on the others as soon as the change
-    /// channel tells them (PostgreSQL).
+    /// Revokes a token, and the tokens made with it, at once on this replica, and on the
+    /// others as soon as the change channel tells them (PostgreSQL). Revoking again changes
+    /// nothing (and flushes no cache).
     pub async fn revoke_token(&self, tenant: &Tenant, token_id: &str) -> Result<(), ControlError> {
-        let revoked = self
+        let Some(digests) = self
             .store
             .revoke_token(&tenant.id, token_id, now_ms() as i64)
-            .await?;
-        self.tokens_changed();
-        if !revoked {
+            .await?
+        else {
             return Err(ControlError::NotFound(format!(
                 "no token '{token_id}' in tenant '{}'",
                 tenant.name
             )));
+        };
+        if !digests.is_empty() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for d in &digests {
+                self.tokens.invalidate(d).await;
+            }
+            tracing::info!(tenant_id = %tenant.id, %token_id, revoked = digests.len(), "token revoked, with the tokens made with it");
         }
-        tracing::info!(tenant_id = %tenant.id, %token_id, "token revoked");
         Ok(())
     }
 
@@ -535,7 +575,11 @@ mod tests {
 
     #[test]
     fn memory_of_configs() {
-        assert_eq!(compute_memory(&json!({})), DEFAULT_COMPUTE_MEMORY);
+        assert_eq!(compute_memory(&json!({})), MIN_COMPUTE_MEMORY);
+        assert_eq!(
+            compute_memory(&json!({"resources": {"memory": "1"}})),
+            MIN_COMPUTE_MEMORY
+        );
         assert_eq!(
             compute_memory(&json!({"resources": {"memory": "512Mi"}})),
             512 << 20

@@ -340,7 +340,12 @@ async fn warm_connects_send_no_query_to_postgres() {
         .expect("tenant");
     let (_, secret) = plane
         .tenancy()
-        .create_token(&tenant, "ci", None)
+        .create_token(
+            &tenant,
+            "ci",
+            None,
+            &doze_control::tenancy::Caller::Operator,
+        )
         .await
         .expect("token");
     let token_ok = |caller: Option<doze_control::tenancy::Caller>| {
@@ -504,7 +509,7 @@ async fn a_token_revoked_on_one_replica_fails_on_the_others() {
         .await
         .expect("tenant");
     let (token, secret) = tenancy(0)
-        .create_token(&t, "ci", None)
+        .create_token(&t, "ci", None, &operator)
         .await
         .expect("token");
     for i in 0..3 {

@@ -29,12 +29,16 @@ struct Env {
 }
 
 async fn env(postgres: bool) -> Env {
+    env_with(postgres, |_| {}).await
+}
+
+async fn env_with(postgres: bool, tweak: impl FnOnce(&mut ControlConfig)) -> Env {
     let pg = if postgres {
         Some(Postgres::start().await.expect("postgres"))
     } else {
         None
     };
-    let cfg = ControlConfig {
+    let mut cfg = ControlConfig {
         db_dsn: pg
             .as_ref()
             .map_or_else(|| "sqlite::memory:".to_owned(), Postgres::dsn),
@@ -45,6 +49,7 @@ async fn env(postgres: bool) -> Env {
         admin_token: Some(OPERATOR.into()),
         ..ControlConfig::default()
     };
+    tweak(&mut cfg);
     let store = Store::open(&cfg.db_dsn).await.expect("store");
     let driver = FakeDriver::new();
     let plane = ControlPlane::start_with_driver(cfg, Activity::new(), store, driver.clone())
@@ -728,6 +733,68 @@ async fn revoked_and_expired_tokens_fail_at_once() {
     let late = env.call("GET", "/api/v1/projects", None, &short).await;
     assert_error(&late, StatusCode::UNAUTHORIZED, "unauthorized");
 
+    // A token made with a tenant token expires no later than it and dies with it.
+    let in_an_hour = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let (parent_id, parent) = env.token(&t, Some(in_an_hour)).await;
+    let mint_uri = format!("/api/v1/tenants/{t}/tokens");
+    let forever = env
+        .call("POST", &mint_uri, Some(json!({"name": "child"})), &parent)
+        .await;
+    assert_eq!(forever.0, StatusCode::CREATED, "{}", forever.1);
+    let listed = env.op("GET", &mint_uri, None, StatusCode::OK).await;
+    let parent_expiry = listed["tokens"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["id"] == parent_id.as_str()))
+        .map(|x| x["expires_at"].clone())
+        .expect("parent listed");
+    assert!(parent_expiry.is_string(), "{listed}");
+    assert_eq!(
+        forever.1["expires_at"], parent_expiry,
+        "capped at the parent's expiry"
+    );
+    let later = env
+        .call(
+            "POST",
+            &mint_uri,
+            Some(json!({"expires_at": "2099-01-01"})),
+            &parent,
+        )
+        .await;
+    assert_eq!(later.1["expires_at"], parent_expiry, "{}", later.1);
+    let child_secret = forever.1["token"].as_str().expect("secret").to_owned();
+    let grandchild = env
+        .call(
+            "POST",
+            &mint_uri,
+            Some(json!({"name": "grandchild"})),
+            &child_secret,
+        )
+        .await;
+    assert_eq!(grandchild.0, StatusCode::CREATED, "{}", grandchild.1);
+    let revoke_parent = format!("/api/v1/tenants/{t}/tokens/{parent_id}");
+    env.op("DELETE", &revoke_parent, None, StatusCode::NO_CONTENT)
+        .await;
+    for made in [&forever.1, &later.1, &grandchild.1] {
+        let secret = made["token"].as_str().expect("secret");
+        assert_error(
+            &env.call("GET", "/api/v1/projects", None, secret).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+    }
+    // Revoking again changes nothing; an unknown token id is a 404.
+    env.op("DELETE", &revoke_parent, None, StatusCode::NO_CONTENT)
+        .await;
+    let unknown = env
+        .call(
+            "DELETE",
+            &format!("/api/v1/tenants/{t}/tokens/nope"),
+            None,
+            OPERATOR,
+        )
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "not_found");
+
     // A past expiry, a bad one, a guess, and a token of a deleted tenant.
     let past = env
         .call(
@@ -965,6 +1032,15 @@ async fn tenants_lifecycle_and_audit() {
         .await
         .expect("project");
     assert_eq!(p.tenant_id, doze_control::store::DEFAULT_TENANT_ID);
+    // A project never lands in a tenant that does not exist (or was deleted meanwhile).
+    let orphan = env
+        .plane
+        .create_project_in("orphan", json!({}), "5e1f0000-0000-4000-8000-000000000000")
+        .await;
+    assert!(
+        matches!(&orphan, Err(doze_control::ControlError::NotFound(m)) if m.contains("no tenant")),
+        "{orphan:?}"
+    );
     let list = env.op("GET", "/api/v1/tenants", None, StatusCode::OK).await;
     let default = list["tenants"]
         .as_array()
@@ -1024,6 +1100,16 @@ async fn tenants_lifecycle_and_audit() {
     )
     .await;
 
+    // A wake through the API starts a compute: audited although it is a GET.
+    let wake = env
+        .call(
+            "GET",
+            "/api/v1/wake_compute?endpointish=legacy",
+            None,
+            OPERATOR,
+        )
+        .await;
+    assert_error(&wake, StatusCode::NOT_FOUND, "no_compute");
     // The audit log: every change, with who, the tenant touched and the status; no reads.
     let audit = env
         .op("GET", "/api/v1/audit?limit=1000", None, StatusCode::OK)
@@ -1042,9 +1128,13 @@ async fn tenants_lifecycle_and_audit() {
     let deleted = find("DELETE", &format!("/api/v1/tenants/{t}"), 204);
     assert_eq!(deleted["tenant_id"], t.as_str(), "{deleted}");
     assert!(
-        entries.iter().all(|e| e["method"] != "GET"),
+        entries.iter().all(|e| e["method"] != "GET"
+            || e["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/api/v1/wake_compute"))),
         "reads are not audited"
     );
+    find("GET", "/api/v1/wake_compute?endpointish=legacy", 404);
     let times: Vec<&str> = entries.iter().filter_map(|e| e["at"].as_str()).collect();
     assert!(
         times.windows(2).all(|w| w[0] >= w[1]),
@@ -1063,4 +1153,32 @@ async fn tenants_lifecycle_and_audit() {
     // No token at all, and a wrong one.
     let anon = call(&env.router, "GET", "/api/v1/tenants", None, None).await;
     assert_error(&anon, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_prunes_the_audit_log_past_its_retention() {
+    let env = env_with(false, |c| {
+        c.audit_retention = Duration::from_millis(600);
+        c.check_interval = Duration::from_millis(100);
+    })
+    .await;
+    env.tenant("old-news", json!({})).await;
+    let count = || async {
+        env.op("GET", "/api/v1/audit", None, StatusCode::OK).await["entries"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(count().await, 1);
+    let scheduler = env.plane.spawn_scheduler();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count().await, 1, "younger than the retention: kept");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while count().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry outlived --audit-retention"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    scheduler.abort();
 }

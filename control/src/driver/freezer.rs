@@ -31,7 +31,7 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The smallest `memory.max` a compute gets: a server with a 16 MiB buffer pool (the
 /// smallest doze gives) peaks near 200 MiB while it starts and recovers.
-const MIN_MEMORY_MAX: u64 = 256 * 1024 * 1024;
+pub(crate) const MIN_MEMORY_MAX: u64 = 256 * 1024 * 1024;
 
 /// The directory, below doze's own cgroup, that holds one cgroup per compute.
 const COMPUTES_CGROUP: &str = "doze-computes";

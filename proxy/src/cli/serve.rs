@@ -116,6 +116,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DOZE_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     check_interval: Duration,
 
+    /// Keep the audit log of admin changes this long (`GET /api/v1/audit`), like `90d` or `1y`; older entries are deleted by the scheduler. `0` keeps them all.
+    #[arg(long, env = "DOZE_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    audit_retention: Duration,
+
     /// Bearer token required on every /api route (at least 16 characters, no spaces). Without one, doze generates one into <data-dir>/admin.token (0600), where the doze CLI finds it. Prefer DOZE_ADMIN_TOKEN or --admin-token-file to this flag: a flag's value is visible to every local user in `ps` and /proc/PID/cmdline.
     #[arg(long, env = "DOZE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -500,6 +504,7 @@ fn control_config(args: &ServeArgs) -> anyhow::Result<ControlConfig> {
         driver,
         idle_timeout: args.idle_timeout,
         check_interval: args.check_interval,
+        audit_retention: args.audit_retention,
         wake_timeout: args.wake_timeout,
         admin_token: args.admin_token.clone(),
         max_allowed_packet: args.max_allowed_packet.clone(),

@@ -17,7 +17,7 @@ pub struct QuotaArgs {
     /// Most computes holding a server at once (starting, running or frozen); a connection that would wake one more gets MySQL error 1226.
     #[arg(long)]
     max_running_computes: Option<u64>,
-    /// Most `resources.memory` over those computes, like 4Gi (a compute without it counts 128Mi).
+    /// Most `resources.memory` over those computes, like 4Gi (a compute counts at least 256Mi).
     #[arg(long)]
     max_memory: Option<String>,
 }
