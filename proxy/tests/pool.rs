@@ -1161,3 +1161,94 @@ print("%.3f" % result.get("took", 99))
     let took: f64 = lines.get(2).and_then(|t| t.parse().ok()).unwrap_or(99.0);
     assert!(took < 5.0, "the sleep ended {took} s after it began: {out}");
 }
+
+/// MariaDB Connector/J (Java), a client library that cancels a running statement itself:
+/// `Statement.cancel()` opens a second connection and sends `KILL QUERY <the id from its
+/// greeting>`, which through doze is doze's id; `setQueryTimeout` bounds a statement (on a
+/// MariaDB server, by `SET STATEMENT max_statement_time=... FOR`). Both must stop a
+/// `SELECT SLEEP(30)` within seconds, and leave the connection usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_j_cancel_and_query_timeout_work() {
+    let (_db, proxy) = shop().await;
+    let source = format!(
+        r#"
+import java.sql.*;
+
+public class CancelTest {{
+    static String run(Statement s) {{
+        try (ResultSet r = s.executeQuery("SELECT SLEEP(30)")) {{
+            r.next();
+            return "finished " + r.getInt(1);
+        }} catch (SQLException e) {{
+            return "error " + e.getErrorCode();
+        }}
+    }}
+
+    public static void main(String[] args) throws Exception {{
+        String url = "jdbc:mariadb://127.0.0.1:{port}/testdb?user=shop.app&password={pw}";
+        try (Connection c = DriverManager.getConnection(url)) {{
+            long id = c.unwrap(org.mariadb.jdbc.MariaDbConnection.class).getServerThreadId();
+            System.out.println("id " + Long.toUnsignedString(id & 0xffffffffL));
+            Statement s = c.createStatement();
+            Thread canceller = new Thread(() -> {{
+                try {{
+                    Thread.sleep(500);
+                    s.cancel();
+                }} catch (Exception e) {{
+                    System.out.println("cancel failed: " + e);
+                }}
+            }});
+            long t0 = System.nanoTime();
+            canceller.start();
+            String outcome = run(s);
+            System.out.printf("cancel %s %.3f%n", outcome, (System.nanoTime() - t0) / 1e9);
+            canceller.join();
+            try (ResultSet r = c.createStatement().executeQuery("SELECT 1")) {{
+                r.next();
+                System.out.println("after cancel " + r.getInt(1));
+            }}
+            Statement t = c.createStatement();
+            t.setQueryTimeout(1);
+            t0 = System.nanoTime();
+            outcome = run(t);
+            System.out.printf("timeout %s %.3f%n", outcome, (System.nanoTime() - t0) / 1e9);
+            try (ResultSet r = c.createStatement().executeQuery("SELECT 2")) {{
+                r.next();
+                System.out.println("after timeout " + r.getInt(1));
+            }}
+        }}
+    }}
+}}
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = java_client("CancelTest", &source).await;
+    println!("{out}");
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no '{prefix}' line in:\n{out}"))
+            .trim()
+            .to_owned()
+    };
+    let id: u64 = line("id ").parse().expect("id");
+    assert!(id >= 0x8000_0000, "the greeting's id is doze's: {out}");
+    assert!(!out.contains("cancel failed"), "{out}");
+    // Each statement ends early: interrupted (SLEEP returns 1) or an error, within seconds.
+    for what in ["cancel ", "timeout "] {
+        let outcome = line(what);
+        let secs: f64 = outcome
+            .rsplit(' ')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(99.0);
+        assert!(secs < 5.0, "{what}took {secs} s: {out}");
+        assert!(
+            outcome.starts_with("finished 1") || outcome.starts_with("error "),
+            "{what}{outcome}: {out}"
+        );
+    }
+    assert_eq!(line("after cancel "), "1", "{out}");
+    assert_eq!(line("after timeout "), "2", "{out}");
+}

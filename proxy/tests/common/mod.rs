@@ -179,6 +179,34 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs a Python client script (PyMySQL / mysql-connector-python, installed by
 /// `.ci/install-deps`), asserts it succeeded and returns its trimmed stdout.
+/// Runs `source`, a Java program whose public class is `class_name`, with MariaDB Connector/J
+/// (Debian's libmariadb-java, installed by .ci/install-deps) on the class path, through the
+/// JDK's single-file launcher; its stdout.
+pub async fn java_client(class_name: &str, source: &str) -> String {
+    const JAR: &str = "/usr/share/java/mariadb-java-client.jar";
+    assert!(
+        std::path::Path::new(JAR).exists(),
+        "{JAR} is missing: run .ci/install-deps (Debian package libmariadb-java)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(format!("{class_name}.java"));
+    std::fs::write(&file, source).expect("write the Java source");
+    let out = tokio::process::Command::new("java")
+        .arg("-cp")
+        .arg(JAR)
+        .arg(&file)
+        .output()
+        .await
+        .expect("run java (a JDK comes from .ci/install-deps)");
+    assert!(
+        out.status.success(),
+        "java client failed: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
 pub async fn python_client(script: &str) -> String {
     let out = tokio::process::Command::new("python3")
         .arg("-c")
