@@ -169,7 +169,7 @@ impl Connector {
                     }
                 }
             }
-            backend.ok_payload = bytes::Bytes::from_static(&pool::POOLED_OK);
+            backend.ok_payload = bytes::Bytes::copy_from_slice(&pool::pooled_ok(parked.status));
             backend.pool_key = Some(key.clone());
             debug!(
                 thread_id = backend.thread_id,

@@ -85,6 +85,9 @@ pub struct Parked {
     pub backend: Backend,
     /// The session's current database after its reset.
     pub database: Option<String>,
+    /// The session's status flags after its reset (autocommit as the server's default), for
+    /// the OK the next client gets ([`pooled_ok`]).
+    pub status: u16,
     parked_at: Instant,
     epoch: u64,
     activity: Arc<ProjectActivity>,
@@ -432,11 +435,12 @@ where
     .await;
     metrics::counter!("doze_pool_resets_total", "result" => if matches!(reset, Ok(Ok(_))) { "ok" } else { "failed" }).increment(1);
     match reset {
-        Ok(Ok(database)) => {
+        Ok(Ok((database, status))) => {
             let parked = Parked {
                 key: c.key,
                 backend: c.backend,
                 database,
+                status,
                 parked_at: Instant::now(),
                 epoch,
                 activity: Arc::clone(&c.activity),
@@ -461,12 +465,13 @@ where
 }
 
 /// COM_RESET_CONNECTION, then the collation back, then `SELECT '<nonce>', DATABASE()`, sent
-/// at once; the answers must be exactly OK, OK and that one row. Returns the database.
+/// at once; the answers must be exactly OK, OK and that one row. Returns the database and the
+/// status flags the row's end carried.
 async fn reset<S>(
     stream: &mut S,
     caps: Capabilities,
     collation: u8,
-) -> Result<Option<String>, String>
+) -> Result<(Option<String>, u16), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -492,11 +497,11 @@ where
             return Err(format!("{what} was not answered by an OK"));
         }
     }
-    let database = read_nonce_row(&mut answers, caps, &nonce).await?;
+    let row = read_nonce_row(&mut answers, caps, &nonce).await?;
     if !answers.buffer().is_empty() || !is_quiet_stream(stream) {
         return Err("more bytes followed the check".into());
     }
-    Ok(database)
+    Ok(row)
 }
 
 fn is_quiet_stream<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
@@ -520,7 +525,7 @@ async fn read_nonce_row<S: AsyncRead + Unpin>(
     stream: &mut S,
     caps: Capabilities,
     nonce: &str,
-) -> Result<Option<String>, String> {
+) -> Result<(Option<String>, u16), String> {
     let count = read(stream).await?;
     if count.seq != 1 || count.payload.first() != Some(&2) {
         return Err("the check query did not start its result".into());
@@ -561,10 +566,11 @@ async fn read_nonce_row<S: AsyncRead + Unpin>(
     if end.payload.first() != Some(&0xfe) || end.payload.len() >= 0xff_ffff {
         return Err("the result did not end".into());
     }
-    if status_of_end(&end.payload, caps) & SERVER_MORE_RESULTS_EXISTS != 0 {
+    let status = status_of_end(&end.payload, caps);
+    if status & SERVER_MORE_RESULTS_EXISTS != 0 {
         return Err("more results follow".into());
     }
-    Ok(database)
+    Ok((database, status))
 }
 
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
@@ -651,6 +657,18 @@ where
 /// The OK a client gets when it is given a pooled session (a fresh login forwards the
 /// compute's own): no rows, autocommit on, no warnings.
 pub const POOLED_OK: [u8; 7] = [0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00];
+
+/// The status flags that describe a session between commands (in a transaction, read-only
+/// transaction, autocommit, NO_BACKSLASH_ESCAPES), as opposed to ones about the last result.
+const SESSION_STATUS: u16 = 0x0001 | 0x0002 | 0x0200 | 0x2000;
+
+/// The OK a client gets when it is handed a pooled session: [`POOLED_OK`] with the session's
+/// own status flags, so that a driver reading them (autocommit off on a server configured so)
+/// is told the truth.
+pub fn pooled_ok(status: u16) -> [u8; 7] {
+    let [lo, hi] = (status & SESSION_STATUS).to_le_bytes();
+    [0x00, 0x00, 0x00, lo, hi, 0x00, 0x00]
+}
 
 #[cfg(test)]
 mod tests {

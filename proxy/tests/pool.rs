@@ -1252,3 +1252,88 @@ public class CancelTest {{
     assert_eq!(line("after cancel "), "1", "{out}");
     assert_eq!(line("after timeout "), "2", "{out}");
 }
+
+/// The OK doze sends for a KILL it carried out has the session's real status flags: a client
+/// in a transaction, or with autocommit off, is told so (PyMySQL keeps `server_status` from
+/// every OK), not that its transaction ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ok_of_a_kill_keeps_the_sessions_status_flags() {
+    let (_db, proxy) = shop().await;
+    let script = format!(
+        r#"
+import pymysql
+def conn():
+    return pymysql.connect(host="127.0.0.1", port={port}, user="shop.app", password="{pw}", database="testdb", autocommit=True)
+a, b = conn(), conn()
+cur = a.cursor()
+cur.execute("KILL QUERY %d" % b.thread_id())
+print("idle", a.server_status & 3)
+a.begin()
+cur.execute("SELECT 1")
+cur.execute("KILL QUERY %d" % b.thread_id())
+print("in_trans", a.server_status & 3)
+a.rollback()
+cur.execute("SET autocommit = 0")
+cur.execute("KILL QUERY %d" % b.thread_id())
+print("autocommit_off", a.server_status & 3)
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = python_client(&script).await;
+    // SERVER_STATUS_IN_TRANS = 1, SERVER_STATUS_AUTOCOMMIT = 2.
+    assert!(out.contains("idle 2"), "{out}");
+    assert!(out.contains("in_trans 3"), "{out}");
+    assert!(out.contains("autocommit_off 0"), "{out}");
+}
+
+/// A client handed a pooled session learns the session's real status flags from doze's OK:
+/// on a server whose sessions start with autocommit off, the login's OK says autocommit off,
+/// as the server's own OK does on a fresh login, so a driver that reads it does not believe
+/// its writes commit by themselves. (The greeting, sent before doze knows the project, cannot
+/// say it; drivers read the login's OK.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_login_reports_the_servers_autocommit() {
+    let db = backend_with(&["--autocommit=0"]).await;
+    let proxy = Proxy::start_static(&routes(&[("shop", &db.addr())]), threaded()).await;
+    let script = format!(
+        r#"
+import time, pymysql, pymysql.connections as c
+# The status flags of each connection's login OK (PyMySQL reads but does not keep them).
+login_ok = []
+read = c.Connection._read_packet
+def spy(self, packet_type=c.MysqlPacket):
+    p = read(self, packet_type)
+    if getattr(self, "_login_ok", None) is None and p.is_ok_packet():
+        self._login_ok = c.OKPacketWrapper(p).server_status
+    return p
+c.Connection._read_packet = spy
+def conn():
+    return pymysql.connect(host="127.0.0.1", port={port}, user="shop.app", password="{pw}", database="testdb", autocommit=None)
+first = conn()
+cur = first.cursor()
+cur.execute("SELECT CONNECTION_ID()")
+thread = cur.fetchone()[0]
+print("fresh", first._login_ok & 2)
+first.close()
+time.sleep(1)
+second = conn()
+cur = second.cursor()
+cur.execute("SELECT CONNECTION_ID()")
+print("reused", cur.fetchone()[0] == thread)
+print("pooled", second._login_ok & 2)
+cur.execute("SELECT @@autocommit")
+print("server", cur.fetchone()[0])
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = python_client(&script).await;
+    assert!(out.contains("fresh 0"), "{out}");
+    assert!(
+        out.contains("reused True"),
+        "the second login took the parked session: {out}"
+    );
+    assert!(out.contains("pooled 0"), "{out}");
+    assert!(out.contains("server 0"), "{out}");
+}

@@ -305,8 +305,8 @@ where
     match auth.kill(request).await {
         Ok(()) => {
             metrics::kill("done");
-            let ok = kill::ok_packet(seq);
-            crate::stream::write_payload(io.client_w, ok.seq, &ok.payload)
+            let ok = session_ok(io).await;
+            crate::stream::write_payload(io.client_w, seq, &ok)
                 .await
                 .map_err(ProxyError::ClientIo)?;
         }
@@ -320,6 +320,33 @@ where
         }
     }
     Ok(())
+}
+
+/// An OK that carries the session's real status flags (in a transaction, autocommit off...),
+/// for a command doze answered itself: the compute's answer to a COM_PING, which changes
+/// nothing. A fixed OK would tell a driver that tracks the flags (Connector/J,
+/// mysql-connector) that its open transaction ended. The session is at a command boundary, so
+/// nothing else is in flight from the compute. When the compute does not answer with OK (a
+/// KILL of the session's own connection), the fixed OK.
+async fn session_ok<CR, CW, BR, BW>(io: &mut change_user::Legs<'_, CR, CW, BR, BW>) -> Vec<u8>
+where
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    const COM_PING: u8 = 0x0e;
+    let fallback = || kill::ok_packet(0).payload.to_vec();
+    if crate::stream::write_payload(io.backend_w, 0, &[COM_PING])
+        .await
+        .is_err()
+    {
+        return fallback();
+    }
+    match crate::stream::read_packet(io.backend_r, 1024).await {
+        Ok(reply) if reply.payload.first() == Some(&0x00) => reply.payload.to_vec(),
+        // An ERR (the connection was killed meanwhile) or a read error: the compute's next
+        // answer, or the connection's end, tells the client.
+        _ => fallback(),
+    }
 }
 
 /// Sends the client ERR 1053 (server shutdown in progress), as MariaDB does to the sessions it
