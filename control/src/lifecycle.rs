@@ -419,7 +419,8 @@ impl Lifecycle {
                         });
                     }
                     // The tenant's quotas, checked and held until the start is claimed, so that
-                    // two wakes of one tenant cannot both take its last slot.
+                    // two wakes of one tenant (in this process or on two replicas) cannot both
+                    // take its last slot.
                     let gate = match self.catalog.tenancy().check_wake(&compute).await {
                         Ok(gate) => gate,
                         Err(QuotaRefusal::Exceeded(why)) => {
@@ -429,9 +430,11 @@ impl Lifecycle {
                         }
                         Err(QuotaRefusal::Store(e)) => return Err(WakeError::Store(e)),
                     };
-                    let claimed = self.claim_start(&compute, "won").await?;
-                    drop(gate);
-                    let Some(starting) = claimed else {
+                    let claimed = self.claim_start(&compute, "won").await;
+                    if let Some(gate) = gate {
+                        gate.release().await;
+                    }
+                    let Some(starting) = claimed? else {
                         waited_for_other = true;
                         continue;
                     };

@@ -364,6 +364,49 @@ pub struct ReplicaRow {
     pub activity: serde_json::Value,
 }
 
+/// A tenant's quota lock across replicas ([`Store::lock_tenant`]).
+pub struct TenantLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    key: i64,
+}
+
+impl TenantLock {
+    /// Unlocks, and gives the connection back to the pool.
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take()
+            && sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await
+                .is_err()
+        {
+            // Closing the session releases its locks.
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl Drop for TenantLock {
+    /// Dropped without [`TenantLock::release`] (an error path): the connection is closed, not
+    /// pooled, so the lock cannot outlive this.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+/// The advisory lock key of a tenant's quota: "doze" in the high half (apart from the
+/// migrations' lock), FNV-1a of the tenant id in the low half; the same in every replica and
+/// version.
+fn tenant_lock_key(tenant_id: &str) -> i64 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in tenant_id.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (0x646f_7a65_i64 << 32) | i64::from(h)
+}
+
 /// True for a unique/primary key violation (a duplicate name, a second compute).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
@@ -665,6 +708,27 @@ impl Store {
         self.notify(&mut tx, "token", id).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Serialises quota checks of one tenant across replicas: on PostgreSQL, a session
+    /// advisory lock on a connection held for it (`None` on SQLite, which has one process).
+    /// Callers take it under their process's own quota gate, so a process holds at most one
+    /// such connection.
+    pub async fn lock_tenant(&self, tenant_id: &str) -> anyhow::Result<Option<TenantLock>> {
+        if !self.postgres {
+            return Ok(None);
+        }
+        let mut conn = self.pool.acquire().await?;
+        let key = tenant_lock_key(tenant_id);
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .context("waiting for another replica's quota check")?;
+        Ok(Some(TenantLock {
+            conn: Some(conn),
+            key,
+        }))
     }
 
     /// The projects of one tenant, oldest first.

@@ -430,8 +430,12 @@ impl Tenancy {
         F: std::future::Future<Output = Result<T, ControlError>>,
     {
         let (tenant, quotas) = self.quotas_of(tenant_id).await?;
+        let Some(max) = quotas.max_projects else {
+            return insert.await;
+        };
         let _gate = self.quota_gate.lock().await;
-        if let Some(max) = quotas.max_projects {
+        let shared = self.store.lock_tenant(&tenant.id).await?;
+        let checked = async {
             let used = self.store.tenant_projects(&tenant.id).await?.len() as u64;
             if used >= max {
                 return Err(ControlError::QuotaExceeded(format!(
@@ -439,8 +443,13 @@ impl Tenancy {
                     tenant.name
                 )));
             }
+            insert.await
         }
-        insert.await
+        .await;
+        if let Some(lock) = shared {
+            lock.release().await;
+        }
+        checked
     }
 
     /// Refuses a compute config whose memory alone is over the tenant's memory quota: it
@@ -469,7 +478,7 @@ impl Tenancy {
     pub async fn check_wake(
         &self,
         compute: &Compute,
-    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, QuotaRefusal> {
+    ) -> Result<Option<QuotaGuard<'_>>, QuotaRefusal> {
         let refusal = |e: ControlError| QuotaRefusal::Store(format!("{e:#}"));
         let project = self
             .store
@@ -483,7 +492,18 @@ impl Tenancy {
         if quotas.max_running_computes.is_none() && quotas.max_memory.is_none() {
             return Ok(None);
         }
-        let gate = self.quota_gate.lock().await;
+        let local = self.quota_gate.lock().await;
+        let shared = self
+            .store
+            .lock_tenant(&tenant.id)
+            .await
+            .map_err(|e| QuotaRefusal::Store(format!("{e:#}")))?;
+        // From here, a refusal drops the guard: the lock's connection is closed, which
+        // releases it (a refusal is rare; an accepted wake releases it cleanly).
+        let gate = QuotaGuard {
+            _local: local,
+            shared,
+        };
         let held: Vec<Compute> = self
             .store
             .tenant_held_computes(&tenant.id)
@@ -535,6 +555,22 @@ impl Tenancy {
     ) -> Result<Vec<AuditEntry>, ControlError> {
         let only = caller.tenant().or(tenant.map(|t| t.id.as_str()));
         Ok(self.store.audit(only, before, limit).await?)
+    }
+}
+
+/// Held from a quota check to the change it allowed: this process's quota gate and, on
+/// PostgreSQL, the tenant's lock across replicas.
+pub struct QuotaGuard<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    shared: Option<crate::store::TenantLock>,
+}
+
+impl QuotaGuard<'_> {
+    /// Releases both, the replicas' lock first.
+    pub async fn release(mut self) {
+        if let Some(lock) = self.shared.take() {
+            lock.release().await;
+        }
     }
 }
 

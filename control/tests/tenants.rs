@@ -1182,3 +1182,67 @@ async fn the_scheduler_prunes_the_audit_log_past_its_retention() {
     }
     scheduler.abort();
 }
+
+/// Two replicas on one PostgreSQL, waking two computes of one tenant with one slot at the
+/// same instant, again and again: exactly one starts each time (the tenant's lock across
+/// replicas, not only each process's own gate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_never_both_take_a_tenants_last_slot() {
+    let pg = Postgres::start().await.expect("postgres");
+    let mut planes = Vec::new();
+    for i in 0..2 {
+        let cfg = ControlConfig {
+            db_dsn: pg.dsn(),
+            data_dir: std::env::temp_dir(),
+            idle_timeout: Duration::ZERO,
+            check_interval: Duration::from_secs(3600),
+            wake_timeout: Duration::from_secs(10),
+            replica_id: format!("quota-{i}"),
+            ..ControlConfig::default()
+        };
+        let store = Store::open(&cfg.db_dsn).await.expect("store");
+        planes.push(
+            ControlPlane::start_with_driver(cfg, Activity::new(), store, FakeDriver::new())
+                .await
+                .expect("plane"),
+        );
+    }
+    let t = planes[0]
+        .tenancy()
+        .create_tenant("one-slot", json!({"max_running_computes": 1}))
+        .await
+        .expect("tenant");
+    let mut projects = Vec::new();
+    for name in ["slot-a", "slot-b"] {
+        let p = planes[0]
+            .create_project_in(name, json!({}), &t.id)
+            .await
+            .expect("project");
+        let c = planes[0]
+            .create_compute(&p.id, json!({}))
+            .await
+            .expect("compute");
+        projects.push((p.id, c.id));
+    }
+    for round in 0..15 {
+        let wakes = [0, 1].map(|i| {
+            let plane = Arc::clone(&planes[i]);
+            let project = projects[i].0.clone();
+            tokio::spawn(async move { plane.wake(&project).await })
+        });
+        let mut started = Vec::new();
+        for (i, w) in wakes.into_iter().enumerate() {
+            match w.await.expect("join") {
+                Ok(_) => started.push(i),
+                Err(WakeError::QuotaExceeded(_)) => {}
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+        }
+        assert_eq!(started.len(), 1, "round {round}: {started:?} started");
+        let winner = started[0];
+        planes[winner]
+            .suspend_compute(&projects[winner].1)
+            .await
+            .expect("suspend");
+    }
+}
