@@ -159,6 +159,10 @@ pub struct Tenancy {
     /// Token digest -> its record. Revocations clear it here and, through the change channel,
     /// on every replica; expiry is checked at every use, cached or not.
     tokens: moka::future::Cache<String, ApiToken>,
+    /// Digests no token has, for a few seconds: a client retrying a wrong token costs a hash,
+    /// not a store query each time. Safe to cache: a new token's secret is random, so its digest
+    /// cannot have been asked for before it existed.
+    unknown: moka::future::Cache<String, ()>,
     /// Bumped by every revocation: a lookup that read a token before a revocation and lands in
     /// the cache after it is dropped again (see [`Tenancy::authenticate`]).
     generation: std::sync::atomic::AtomicU64,
@@ -175,6 +179,10 @@ impl Tenancy {
             tokens: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(300))
+                .build(),
+            unknown: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(10))
                 .build(),
             quota_gate: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -196,6 +204,9 @@ impl Tenancy {
             return Ok(None);
         }
         let digest = token_digest(secret);
+        if self.unknown.contains_key(&digest) {
+            return Ok(None);
+        }
         let store = &self.store;
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let found = self
@@ -216,7 +227,10 @@ impl Tenancy {
             Ok(t) => t,
             Err(e) => {
                 return match &*e {
-                    None => Ok(None),
+                    None => {
+                        self.unknown.insert(digest, ()).await;
+                        Ok(None)
+                    }
                     Some(message) => Err(ControlError::Internal(anyhow::anyhow!(
                         "looking up a token: {message}"
                     ))),

@@ -352,6 +352,8 @@ async fn warm_connects_send_no_query_to_postgres() {
         assert!(caller.is_some_and(|c| c.tenant() == Some(tenant.id.as_str())));
     };
     token_ok(plane.tenancy().authenticate(&secret).await.expect("token"));
+    // And a wrong one, retried: looked up once, then known to be wrong for a while.
+    let wrong = format!("doze_{}", "e".repeat(64));
     // The first connect loads the role and starts the compute.
     plane.lookup_role("warm", "app").await.expect("lookup");
     plane.wake(&project).await.expect("wake");
@@ -363,6 +365,14 @@ async fn warm_connects_send_no_query_to_postgres() {
         let role = plane.lookup_role("warm", "app").await.expect("lookup");
         plane.wake(&role.project_id).await.expect("warm wake");
         token_ok(plane.tenancy().authenticate(&secret).await.expect("token"));
+        assert!(
+            plane
+                .tenancy()
+                .authenticate(&wrong)
+                .await
+                .expect("token")
+                .is_none()
+        );
         let now = statements(&pg.dsn()).await;
         if now == before {
             break;
@@ -376,6 +386,14 @@ async fn warm_connects_send_no_query_to_postgres() {
         assert!(role.stored_hash.is_some());
         plane.wake(&role.project_id).await.expect("warm wake");
         token_ok(plane.tenancy().authenticate(&secret).await.expect("token"));
+        assert!(
+            plane
+                .tenancy()
+                .authenticate(&wrong)
+                .await
+                .expect("token")
+                .is_none()
+        );
     }
     let after = statements(&pg.dsn()).await;
     // The counting query itself is excluded; nothing else may have run.

@@ -176,6 +176,23 @@ async fn a_tenant_works_with_its_token_within_its_quota() {
     );
     assert!(!audit.to_string().contains("other-shop"), "{audit}");
 
+    // Usage of the tenant's projects only, for the operator as for the tenant.
+    for token in [TOKEN, secret.as_str()] {
+        let usage = cli_ok(
+            &doze,
+            token,
+            &["usage", "--tenant", "acme", "--granularity", "total"],
+        );
+        let mut names: Vec<&str> = usage["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["project"].as_str())
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["acme-one", "acme-two"], "{usage}");
+    }
+
     // Revoked: the next call fails, with a message that says why.
     cli_ok(&doze, TOKEN, &["token", "revoke", "acme", &token_id]);
     let after = cli(&doze, &secret, &["project", "list"]);

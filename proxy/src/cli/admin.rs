@@ -54,6 +54,9 @@ pub struct UsageArgs {
     /// One row per UTC `hour`, per UTC `day`, or one `total` for the range.
     #[arg(long, default_value = "day", value_parser = ["hour", "day", "total"])]
     granularity: String,
+    /// Only this tenant's projects (id or name), without PROJECT.
+    #[arg(long, conflicts_with = "project")]
+    tenant: Option<String>,
     #[command(flatten)]
     conn: AdminConn,
 }
@@ -65,7 +68,11 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<()> {
         None => "/api/v1/usage".to_owned(),
     };
     path.push_str(&format!("?granularity={}", args.granularity));
-    for (name, value) in [("from", &args.from), ("to", &args.to)] {
+    for (name, value) in [
+        ("from", &args.from),
+        ("to", &args.to),
+        ("tenant", &args.tenant),
+    ] {
         if let Some(v) = value {
             path.push_str(&format!(
                 "&{name}={}",
