@@ -178,30 +178,18 @@ pub async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenCmd::List { tenant, conn } => print(
-            &conn,
-            call(
-                &conn,
-                Method::GET,
-                &api_path(&["tenants", &tenant, "tokens"]),
-                None,
-            )
-            .await?,
-        ),
+        TokenCmd::List { tenant, conn } => {
+            let path = api_path(&["tenants", &tenant, "tokens"]);
+            print(&conn, call(&conn, Method::GET, &path, None).await?)
+        }
         TokenCmd::Revoke {
             tenant,
             token_id,
             conn,
-        } => print(
-            &conn,
-            call(
-                &conn,
-                Method::DELETE,
-                &api_path(&["tenants", &tenant, "tokens", &token_id]),
-                None,
-            )
-            .await?,
-        ),
+        } => {
+            let path = api_path(&["tenants", &tenant, "tokens", &token_id]);
+            print(&conn, call(&conn, Method::DELETE, &path, None).await?)
+        }
     }
 }
 
