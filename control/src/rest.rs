@@ -680,10 +680,11 @@ async fn list_computes(
         (None, Some(tenant)) => {
             let mine: std::collections::HashSet<String> = s
                 .plane
-                .list_projects()
-                .await?
+                .store()
+                .tenant_projects(tenant)
+                .await
+                .map_err(ControlError::from)?
                 .into_iter()
-                .filter(|p| p.tenant_id == tenant)
                 .map(|p| p.id)
                 .collect();
             let mut all = s.plane.list_computes(None).await?;

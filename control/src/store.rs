@@ -731,6 +731,15 @@ impl Store {
         }))
     }
 
+    /// How many projects one tenant has.
+    pub async fn count_tenant_projects(&self, tenant_id: &str) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// The projects of one tenant, oldest first.
     pub async fn tenant_projects(&self, tenant_id: &str) -> anyhow::Result<Vec<Project>> {
         let rows = sqlx::query(

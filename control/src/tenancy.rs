@@ -331,7 +331,7 @@ impl Tenancy {
 
     /// What a tenant uses of what its quotas bound.
     pub async fn usage(&self, tenant_id: &str) -> Result<TenantUse, ControlError> {
-        let projects = self.store.tenant_projects(tenant_id).await?.len() as u64;
+        let projects = self.store.count_tenant_projects(tenant_id).await?;
         let held = self.store.tenant_held_computes(tenant_id).await?;
         Ok(TenantUse {
             projects,
@@ -450,7 +450,7 @@ impl Tenancy {
         let _gate = self.quota_gate.lock().await;
         let shared = self.store.lock_tenant(&tenant.id).await?;
         let checked = async {
-            let used = self.store.tenant_projects(&tenant.id).await?.len() as u64;
+            let used = self.store.count_tenant_projects(&tenant.id).await?;
             if used >= max {
                 return Err(ControlError::QuotaExceeded(format!(
                     "tenant '{}' has reached its quota max_projects = {max} ({used} in use); delete a project or ask the operator to raise the quota",
