@@ -515,11 +515,24 @@ impl Store {
         Ok(store)
     }
 
+    /// Begins a transaction that may write. On SQLite it is `BEGIN IMMEDIATE`: a deferred
+    /// transaction that reads and then writes fails at once with `SQLITE_BUSY_SNAPSHOT`
+    /// ("database is locked", code 517) when another connection wrote since its read, and the
+    /// busy timeout cannot wait that out. Taking the write lock first makes writers queue on
+    /// the busy timeout instead.
+    async fn begin(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        if self.postgres {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        }
+    }
+
     async fn migrate(&self) -> anyhow::Result<()> {
         // Replicas starting together on one PostgreSQL migrate one at a time: a lock held by
         // the migrating transaction (never a session-level one on a pooled connection), and
         // the versions read again under it.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if self.postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(7305105)")
                 .execute(&mut *tx)
@@ -571,7 +584,7 @@ impl Store {
     /// tenant's row is locked on PostgreSQL, and SQLite runs one writer at a time, so a project
     /// is never left without its tenant).
     pub async fn insert_project(&self, p: &Project) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if self.postgres {
             sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR SHARE")
                 .bind(&p.tenant_id)
@@ -617,7 +630,7 @@ impl Store {
 
     /// Deletes a project with its roles, computes and events.
     pub async fn delete_project(&self, id: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for sql in [
             "DELETE FROM compute_events WHERE project_id = $1",
             "DELETE FROM usage_counters WHERE project_id = $1",
@@ -683,7 +696,7 @@ impl Store {
     /// Deletes a tenant without projects, with its tokens; `false` when it still has projects
     /// (checked in the same transaction, so a project created meanwhile is never orphaned).
     pub async fn delete_tenant(&self, id: &str) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if self.postgres {
             // Waits for project inserts into this tenant (they hold it FOR SHARE).
             sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE")
@@ -819,7 +832,7 @@ impl Store {
         id: &str,
         at: i64,
     ) -> anyhow::Result<Option<Vec<String>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT id FROM api_tokens WHERE id = $1 AND tenant_id = $2")
                 .bind(id)
@@ -1026,7 +1039,7 @@ impl Store {
             None => (None, None),
         };
         let clock = self.clock_sql();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(&format!(
             "UPDATE computes SET state = $1, address = $2, handle = $3, last_error = $4, updated_at = $5,
                  epoch = epoch + 1, lease_owner = $6, lease_until = {clock} + $7
@@ -1148,7 +1161,7 @@ impl Store {
     /// Tells every replica that `project_id`'s projects, roles or compute changed.
     pub async fn announce(&self, kind: &str, project_id: &str) -> Result<(), sqlx::Error> {
         if self.postgres {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             self.notify(&mut tx, kind, project_id).await?;
             tx.commit().await?;
         }
@@ -1285,7 +1298,7 @@ impl Store {
 
     /// Deletes a compute. Its events stay: they are its project's usage ([`crate::usage`]).
     pub async fn delete_compute(&self, id: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let project_id: Option<String> =
             sqlx::query_scalar("SELECT project_id FROM computes WHERE id = $1")
                 .bind(id)
@@ -1305,7 +1318,7 @@ impl Store {
     /// Deletes a stopped compute, unless another replica changed it since it was read
     /// (`Ok(false)`): a delete never races a start into an unrecorded server.
     pub async fn delete_stopped_compute(&self, c: &Compute) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "DELETE FROM computes WHERE id = $1 AND epoch = $2 AND state IN ('suspended', 'failed')",
         )
@@ -1354,7 +1367,7 @@ impl Store {
     /// Adds what the proxy counted for each project to the hour starting at `hour` (ms).
     /// An upsert that adds, so replicas flushing the same hour never overwrite each other.
     pub async fn add_usage(&self, hour: i64, counts: &[UsageCount]) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for c in counts {
             sqlx::query(
                 "INSERT INTO usage_counters (project_id, hour, connections, bytes_in, bytes_out)
@@ -1433,7 +1446,7 @@ impl Store {
     // ---- roles ----
 
     pub async fn insert_role(&self, r: &Role) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO roles (project_id, name, stored_hash, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -1459,7 +1472,7 @@ impl Store {
         name: &str,
         hash: &str,
     ) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done =
             sqlx::query("UPDATE roles SET stored_hash = $1 WHERE project_id = $2 AND name = $3")
                 .bind(hash)
@@ -1497,7 +1510,7 @@ impl Store {
     /// Deletes a role and leaves a tombstone until a compute has dropped it. False when the
     /// role did not exist.
     pub async fn delete_role(&self, project_id: &str, name: &str) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query("DELETE FROM roles WHERE project_id = $1 AND name = $2")
             .bind(project_id)
             .bind(name)
