@@ -1253,6 +1253,78 @@ public class CancelTest {{
     assert_eq!(line("after timeout "), "2", "{out}");
 }
 
+/// Node's mysql2, the second client library whose timeouts need KILL: its query `timeout`
+/// only fails the callback and leaves the query running, so applications end it themselves
+/// with `KILL QUERY <connection.threadId>` over another connection (the pattern of
+/// mysql2-timeout and its kin). Through doze that id is doze's: the KILL must reach the
+/// right backend session, end the `SELECT SLEEP(30)` within seconds, and leave the first
+/// connection usable, through the pool (a pooled session is what serves the second
+/// connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql2_timeout_then_kill_query_works() {
+    let (_db, proxy) = shop().await;
+    let script = format!(
+        r#"
+const mysql = require("mysql2");
+const opts = {{ host: "127.0.0.1", port: {port}, user: "shop.app", password: "{pw}", database: "testdb" }};
+const a = mysql.createConnection(opts);
+const b = mysql.createConnection(opts);
+const t0 = Date.now();
+let calls = 0;
+a.query({{ sql: "SELECT SLEEP(30) AS s", timeout: 500 }}, (err) => {{
+  // mysql2 calls back again when the killed query's answer arrives.
+  if (++calls > 1) {{ console.log("late " + (err ? err.errno : "none")); return; }}
+  console.log("timeout " + (err ? err.code : "none") + " " + ((Date.now() - t0) / 1000).toFixed(3));
+  const k0 = Date.now();
+  b.query("KILL QUERY " + a.threadId, (kerr) => {{
+    console.log("kill " + (kerr ? "error " + kerr.errno : "ok"));
+    // Queued behind the killed query: answers once the sleep has ended.
+    a.query("SELECT 2 AS v", (e2, rows) => {{
+      console.log("after " + (e2 ? "error " + e2.errno : rows[0].v) + " " + ((Date.now() - k0) / 1000).toFixed(3));
+      b.query("KILL QUERY " + (a.threadId + 1000), (e3) => {{
+        console.log("unknown " + (e3 ? e3.errno : "ok"));
+        a.end(); b.end();
+      }});
+    }});
+  }});
+}});
+a.once("connect", () => console.log("id " + a.threadId));
+
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = node_client(&script).await;
+    println!("{out}");
+    let line = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no '{prefix}' line in:\n{out}"))
+            .trim()
+            .to_owned()
+    };
+    let id: u64 = line("id ").parse().expect("id");
+    assert!(id >= 0x8000_0000, "the greeting's id is doze's: {out}");
+    assert!(
+        line("timeout ").starts_with("PROTOCOL_SEQUENCE_TIMEOUT"),
+        "mysql2's own timeout fired: {out}"
+    );
+    assert_eq!(line("kill "), "ok", "{out}");
+    // The killed query's own answer (mysql2 calls back a second time with it).
+    assert_eq!(line("late "), "1317", "ER_QUERY_INTERRUPTED: {out}");
+    let after = line("after ");
+    let mut parts = after.split(' ');
+    assert_eq!(
+        parts.next(),
+        Some("2"),
+        "the first connection still works: {out}"
+    );
+    let secs: f64 = parts.next().and_then(|t| t.parse().ok()).unwrap_or(99.0);
+    assert!(secs < 5.0, "the sleep ended {secs} s after the KILL: {out}");
+    // Another id is nobody's: MariaDB's own ER_NO_SUCH_THREAD.
+    assert_eq!(line("unknown "), "1094", "{out}");
+}
+
 /// The OK doze sends for a KILL it carried out has the session's real status flags: a client
 /// in a transaction, or with autocommit off, is told so (PyMySQL keeps `server_status` from
 /// every OK), not that its transaction ended.

@@ -207,6 +207,33 @@ pub async fn java_client(class_name: &str, source: &str) -> String {
     stdout(&out)
 }
 
+/// Runs `script` with Node.js and the mysql2 driver (npm, pinned; `.ci/install-deps` puts it
+/// in target/tools/node) on `NODE_PATH`; its stdout.
+pub async fn node_client(script: &str) -> String {
+    let modules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/tools/node/node_modules"
+    );
+    assert!(
+        std::path::Path::new(modules).join("mysql2").exists(),
+        "{modules}/mysql2 is missing: run .ci/install-deps (npm install mysql2)"
+    );
+    let out = tokio::process::Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .env("NODE_PATH", modules)
+        .output()
+        .await
+        .expect("run node (Node.js comes from .ci/install-deps)");
+    assert!(
+        out.status.success(),
+        "node client failed: {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
 pub async fn python_client(script: &str) -> String {
     let out = tokio::process::Command::new("python3")
         .arg("-c")
