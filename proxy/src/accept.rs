@@ -117,6 +117,7 @@ where
         std::thread::Builder::new()
             .name(format!("doze-proxy-{i}"))
             .spawn(move || {
+                crate::pool::set_home(i as u32);
                 runtime.block_on(async move {
                     serve(listener, shared, shutdown.cancelled_owned()).await;
                     let _ = done.send(());

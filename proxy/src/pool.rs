@@ -91,6 +91,24 @@ pub struct Parked {
     parked_at: Instant,
     epoch: u64,
     activity: Arc<ProjectActivity>,
+    /// The session thread whose runtime the socket is registered with ([`home`]).
+    home: u32,
+}
+
+thread_local! {
+    static HOME: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as session thread `index` (each `--proxy-threads` thread runs its
+/// own single-threaded runtime, with its own I/O driver).
+pub fn set_home(index: u32) {
+    HOME.with(|h| h.set(index + 1));
+}
+
+/// The session thread this code runs on; 0 on the shared runtime (`--proxy-threads 0`),
+/// where every thread polls the same I/O driver.
+fn home() -> u32 {
+    HOME.with(std::cell::Cell::get)
 }
 
 /// Why a session was closed instead of reused (the `reason` label of
@@ -181,12 +199,18 @@ impl Pool {
         database: Option<&str>,
     ) -> Option<Parked> {
         loop {
+            let here = home();
             let found = {
                 let mut idle = self.lock();
                 let list = idle.get_mut(project_id)?;
+                let fits =
+                    |p: &Parked| p.key == *key && (database.is_some() || p.database.is_none());
+                // A session parked by this thread first: its socket is on this thread's
+                // I/O driver.
                 let at = list
                     .iter()
-                    .rposition(|p| p.key == *key && (database.is_some() || p.database.is_none()))?;
+                    .rposition(|p| p.home == here && fits(p))
+                    .or_else(|| list.iter().rposition(fits))?;
                 let p = list.remove(at);
                 if list.is_empty() {
                     idle.remove(project_id);
@@ -196,8 +220,10 @@ impl Pool {
             gauge_idle(-1.0);
             match self.unusable(&found, activity.pool_epoch()) {
                 None => {
-                    found.activity.unpark();
-                    return Some(found);
+                    if let Some(found) = rehome(found, here) {
+                        found.activity.unpark();
+                        return Some(found);
+                    }
                 }
                 Some(why) => close_parked(found.backend, why, found.activity),
             }
@@ -381,6 +407,40 @@ fn quit_then(mut stream: BackendStream, done: impl FnOnce() + Send + 'static) {
     });
 }
 
+/// Moves a session parked by another session thread onto this thread's I/O driver. Left on
+/// the other one, every packet of the session would be noticed by that thread's `epoll_wait`
+/// and handed over with a cross-thread wake-up (an eventfd write and a second thread woken),
+/// and delayed whenever that thread is busy: with two threads, about half the pooled sessions
+/// would pay it on every packet. Costs two `epoll_ctl` calls, once per check-out. A TLS
+/// session cannot be taken apart and rebuilt, so it stays where it is (it still works; the
+/// wake-ups are its cost).
+fn rehome(mut p: Parked, here: u32) -> Option<Parked> {
+    if here == 0 || p.home == here {
+        return Some(p);
+    }
+    let BackendStream::Plain(tcp) = p.backend.stream else {
+        return Some(p);
+    };
+    // Deregisters from the other thread's driver, then registers with this one's.
+    match tcp.into_std().and_then(tokio::net::TcpStream::from_std) {
+        Ok(tcp) => {
+            p.backend.stream = BackendStream::Plain(tcp);
+            p.home = here;
+            Some(p)
+        }
+        Err(e) => {
+            // The socket was closed with the error: nothing left to send COM_QUIT on.
+            debug!(
+                thread_id = p.backend.thread_id,
+                "re-registering a pooled session failed: {e}"
+            );
+            discarded(Discard::Stale);
+            p.activity.unpark();
+            None
+        }
+    }
+}
+
 /// True when nothing is waiting to be read on an idle session's socket: a parked session
 /// that the server closed (restart, `wait_timeout`, KILL) or that holds stray bytes reads
 /// ready. Polled once with a no-op waker, so it never waits.
@@ -444,6 +504,7 @@ where
                 parked_at: Instant::now(),
                 epoch,
                 activity: Arc::clone(&c.activity),
+                home: home(),
             };
             pool.put(&c.project_id, &c.activity, parked);
         }
