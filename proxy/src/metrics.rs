@@ -62,6 +62,10 @@ pub fn describe() {
     // refreshed at each scrape by `collect_process`.
     metrics_process::Collector::default().describe();
     describe_counter!(
+        "doze_log_lines_dropped_total",
+        "Log lines dropped because the queue to stderr was full (a stalled log reader)"
+    );
+    describe_counter!(
         "doze_proxy_connections_accepted_total",
         "Client TCP connections accepted"
     );

@@ -67,6 +67,7 @@ async fn the_metrics_pass_promtool_check_metrics() {
     let text = scrape(doze.admin);
     for family in [
         "doze_build_info",
+        "doze_log_lines_dropped_total",
         "doze_wake_duration_seconds",
         "doze_thaw_duration_seconds",
         "doze_freezes_total",

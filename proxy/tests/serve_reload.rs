@@ -198,3 +198,52 @@ async fn sighup_reloads_routes_and_the_log_level_without_dropping_sessions() {
     assert!(log.contains("SIGHUP: reloaded the routes"), "{log}");
     assert!(log.contains("SIGHUP: the routes did not reload"), "{log}");
 }
+
+/// A reader of doze's stderr that stops reading (a full pipe, a stalled journald or `| tee`)
+/// costs log lines at worst, never sessions: lines go through doze's log thread, so no session
+/// thread waits on the write. Here stderr is a one-page pipe that nobody reads, filled by the
+/// startup lines and 200 sessions at debug level; every session must still complete. (With
+/// lines written on the session threads, the first full pipe stops the thread that writes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_does_not_stop_sessions() {
+    use mysql_async::prelude::Queryable;
+    use std::os::fd::AsFd;
+    let dir = scratch_dir("doze-stalled-log-").unwrap();
+    let mut doze = Doze::spawn(
+        &[
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--db-dsn=sqlite://{}/state.db", dir.path().display()),
+            "--log-level=debug".to_owned(),
+        ],
+        Stdio::piped(),
+    );
+    // Held open and never read: writes to it block once one page is full.
+    let stderr = doze.child.stderr.take().unwrap();
+    nix::fcntl::fcntl(stderr.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    let mut up = false;
+    for _ in 0..300 {
+        if api(doze.admin, "GET", "/healthz", None).0 == 200 {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "doze did not come up with a stalled stderr");
+    doze.project("stall", serde_json::json!({}), serde_json::json!({}));
+    for i in 0..200 {
+        let session = async {
+            let mut conn = mysql_async::Conn::new(doze.opts("stall")).await?;
+            let one: Option<i64> = conn.query_first("SELECT 1").await?;
+            conn.disconnect().await?;
+            Ok::<_, mysql_async::Error>(one)
+        };
+        let one = tokio::time::timeout(Duration::from_secs(30), session)
+            .await
+            .unwrap_or_else(|_| panic!("session {i} hung behind a full stderr"))
+            .unwrap();
+        assert_eq!(one, Some(1));
+    }
+    let status = api(doze.admin, "GET", "/healthz", None).0;
+    assert_eq!(status, 200, "the admin API stopped answering");
+    drop(stderr);
+}

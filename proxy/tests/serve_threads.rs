@@ -154,7 +154,11 @@ async fn pooled_sessions_move_between_proxy_threads() {
         backend_ids.insert(id.unwrap());
         // Session state from an earlier client never shows through a moved session.
         let seen: Option<Option<i64>> = conn.query_first("SELECT @mark").await.unwrap();
-        assert_eq!(seen, Some(None), "connection {i} saw an earlier client's variable");
+        assert_eq!(
+            seen,
+            Some(None),
+            "connection {i} saw an earlier client's variable"
+        );
         conn.query_drop(format!("SET @mark = {i}")).await.unwrap();
         conn.disconnect().await.unwrap();
         // The check-in runs after the client has gone: let it park the session.
@@ -164,7 +168,11 @@ async fn pooled_sessions_move_between_proxy_threads() {
             *served_by.entry(name.clone()).or_default() += 1;
         }
     }
-    assert_eq!(served_by.len(), 2, "both threads served clients: {served_by:?}");
+    assert_eq!(
+        served_by.len(),
+        2,
+        "both threads served clients: {served_by:?}"
+    );
     assert!(
         backend_ids.len() <= 4,
         "60 sequential clients needed {} backend sessions: the pool was not reused across threads",

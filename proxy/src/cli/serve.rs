@@ -238,12 +238,13 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let log = init_logging(&args.log_format, &args.log_level)?;
+    let (log, _log_guard, dropped_log_lines) = init_logging(&args.log_format, &args.log_level)?;
     // Everything doze creates (state, secrets, computes' directories) is private unless doze
     // says otherwise for a given directory.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let metrics = install_metrics()?;
     doze_proxy::metrics::describe();
+    publish_dropped_log_lines(dropped_log_lines);
     let fd_limit = accept::raise_fd_limit();
     if fd_limit < 4096 {
         tracing::warn!(
@@ -598,11 +599,37 @@ fn backend_ca(args: &ServeArgs) -> anyhow::Result<Option<PathBuf>> {
 type LogHandle =
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
-fn init_logging(format: &str, level: &str) -> anyhow::Result<LogHandle> {
+/// Lines waiting for the log thread before new ones are dropped (and counted).
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+/// Log lines go to stderr through a thread of their own (`doze-log`): session threads format a
+/// line and queue it, never waiting on the write. A herd of 500 clients writes 1,000 lines,
+/// which the log thread writes in a few batched `write` calls instead of 1,000 on the session
+/// threads; and a stalled reader of stderr (a full pipe, a throttled journald) cannot stop
+/// the relay. Once [`LOG_QUEUE_LINES`] are waiting, further lines are dropped and counted in
+/// `doze_log_lines_dropped_total`, as HAProxy drops logs rather than traffic. The guard
+/// flushes what is queued when it is dropped, at the end of `doze serve`.
+fn init_logging(
+    format: &str,
+    level: &str,
+) -> anyhow::Result<(
+    LogHandle,
+    tracing_appender::non_blocking::WorkerGuard,
+    tracing_appender::non_blocking::ErrorCounter,
+)> {
     use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*, reload};
     let filter =
         EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level '{level}': {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("doze-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let dropped = writer.error_counter();
     let lines = if format == "json" {
         // The fields of the enclosing spans (connection id, project, user; the lifecycle's
         // project and compute) are flattened into each line, so every line stands alone.
@@ -611,11 +638,11 @@ fn init_logging(format: &str, level: &str) -> anyhow::Result<LogHandle> {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed()
     } else {
         fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed()
     };
@@ -623,7 +650,20 @@ fn init_logging(format: &str, level: &str) -> anyhow::Result<LogHandle> {
         .with(filter)
         .with(lines)
         .try_init();
-    Ok(handle)
+    Ok((handle, guard, dropped))
+}
+
+/// Publishes the log thread's count of dropped lines every 5 s (from now: the metrics
+/// recorder is installed).
+fn publish_dropped_log_lines(dropped: tracing_appender::non_blocking::ErrorCounter) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            metrics::counter!("doze_log_lines_dropped_total")
+                .absolute(dropped.dropped_lines() as u64);
+        }
+    });
 }
 
 /// Installs the global Prometheus recorder, with 0.5 ms .. 30 s buckets for every `*_seconds`
