@@ -40,14 +40,27 @@ fn bind_std(cfg: &ProxyConfig, addr: SocketAddr) -> std::io::Result<std::net::Tc
     Ok(socket.into())
 }
 
-/// Per-socket options of an accepted client: no Nagle delay (the protocol is request/response
-/// with small packets) and keepalive so dead peers of idle sessions are noticed.
+/// Keepalive probes after a minute idle, then every 10 s, so dead peers of idle sessions are
+/// noticed.
+fn keepalive() -> TcpKeepalive {
+    TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+}
+
+/// The options every client socket needs (no Nagle delay: the protocol is request/response
+/// with small packets; keepalive), set once on the listening socket: Linux copies them into
+/// each socket it accepts, which spares four `setsockopt` calls per connection. False when
+/// the listener refused one, and each accepted socket must be tuned itself ([`tune`]).
+fn tune_listener(listener: &TcpListener) -> bool {
+    let socket = SockRef::from(listener);
+    socket.set_tcp_nodelay(true).is_ok() && socket.set_tcp_keepalive(&keepalive()).is_ok()
+}
+
+/// Per-socket options of an accepted client, when the listener could not pass them on.
 fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive());
 }
 
 /// Accepts until `shutdown` resolves, then waits up to the drain timeout for open sessions.
@@ -57,6 +70,7 @@ where
     F: Future<Output = ()>,
 {
     let tracker = TaskTracker::new();
+    let inherited = tune_listener(&listener);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -64,6 +78,9 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let id = connection_id(CONNECTIONS.fetch_add(1, Ordering::Relaxed));
+                    if !inherited {
+                        tune(&stream);
+                    }
                     admit(&shared, &tracker, stream, peer, id);
                 }
                 Err(e) => {
@@ -170,7 +187,6 @@ fn admit<C: Control + Clone>(
     id: u32,
 ) {
     metrics::accepted();
-    tune(&stream);
     let slot = match shared.limits.login_slot(peer.ip()) {
         Ok(slot) => slot,
         Err(refused) => {
@@ -226,5 +242,32 @@ pub fn raise_fd_limit() -> u64 {
         },
         Ok((soft, _)) => soft,
         Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sockets accepted from a tuned listener carry its options: no per-connection calls are
+    /// needed for them.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_options() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        assert!(tune_listener(&listener));
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let socket = SockRef::from(&accepted);
+        assert!(accepted.nodelay().expect("nodelay"), "TCP_NODELAY");
+        assert!(socket.keepalive().expect("keepalive"), "SO_KEEPALIVE");
+        assert_eq!(
+            socket.tcp_keepalive_time().expect("keepidle"),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().expect("keepintvl"),
+            Duration::from_secs(10)
+        );
     }
 }
