@@ -8,6 +8,9 @@
 #   RESULTS=<dir> (default target/loadtest-results/<timestamp>)
 #   PROJECTS=0 PROJECTS_DURATION=30s (PROJECTS>0 adds the multi-project scenario)
 #   SKIP_BUILD=1 SKIP_SYSBENCH=1 SKIP_IDLE=1 SKIP_INSTALL=1 KEEP_WORK=1
+#   DOZE_BIN=<path> (another doze build, for A/B runs) DOZE_ARGS="--proxy-threads 1" (added to serve)
+#   COMPARE_HOOK=<file>: once doze, HAProxy and the compute are up, source FILE instead of running
+#     the scenarios below (see loadtest/scripts/cpu-per-connection.sh)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -99,7 +102,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries (cargo build --release -p doze-proxy -p doze-loadtest)"
   cargo build --release -p doze-proxy -p doze-loadtest >&2 || die "build failed"
 fi
-DOZE=$ROOT/target/release/doze
+DOZE=${DOZE_BIN:-$ROOT/target/release/doze}
 LT=$ROOT/target/release/doze-loadtest
 [ -x "$DOZE" ] || die "$DOZE not built"
 [ -x "$LT" ] || die "$LT not built"
@@ -136,7 +139,7 @@ export DOZE_ADMIN_TOKEN
 log "starting doze: proxy 127.0.0.1:$PROXY_PORT, admin 127.0.0.1:$ADMIN_PORT"
 "$DOZE" serve --proxy-listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --db-dsn "sqlite://$WORK/doze/state.db" --data-dir "$WORK/doze" \
-  --idle-timeout 5m --check-interval "$CHECK_INTERVAL" --wake-timeout 30s >"$WORK/doze.log" 2>&1 &
+  --idle-timeout 5m --check-interval "$CHECK_INTERVAL" --wake-timeout 30s ${DOZE_ARGS:-} >"$WORK/doze.log" 2>&1 &
 DOZE_PID=$!
 ADMIN="http://127.0.0.1:$ADMIN_PORT"
 for i in $(seq 1 150); do
@@ -213,6 +216,13 @@ lt() { # lt VIA NAME ARGS...: one doze-loadtest run, JSON + plot into the result
 log "preparing sbtest (4 tables x 10k rows) directly on the compute"
 "$LT" --target "$COMPUTE" --user bench --password "$PASSWORD" --database "$DB" \
   relay --prepare --duration 0 --tables 4 --table-size 10000 || die "prepare failed"
+
+if [ -n "${COMPARE_HOOK:-}" ]; then
+  log "running $COMPARE_HOOK instead of the scenarios"
+  # shellcheck disable=SC1090
+  source "$COMPARE_HOOK"
+  exit $?
+fi
 
 # ---------------------------------------------------------------------------------------------
 # relay + churn, alternating direct / haproxy / doze
