@@ -452,6 +452,7 @@ async fn relay_session<C: Control + Clone>(
             user: client.route.user,
             credentials: client.credentials,
             changed_user: false,
+            set_option: false,
         },
     };
     let client = client.conn.into_parts().0;
@@ -491,7 +492,7 @@ async fn relay_session<C: Control + Clone>(
     let leftover = Leftover {
         backend,
         project_id: auth.project_id,
-        reusable: !auth.state.changed_user,
+        reusable: !auth.state.changed_user && !auth.state.set_option,
         user: auth.state.user,
         credentials: auth.state.credentials,
     };

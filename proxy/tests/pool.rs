@@ -404,6 +404,66 @@ c.close()
     );
 }
 
+/// COM_SET_OPTION switches the session's multi-statements flag, and COM_RESET_CONNECTION
+/// keeps it (MariaDB resets session variables, not the client's capability flags). A client
+/// that turned multi-statements on (PHP's `mysqli::multi_query` does, and leaves it on) must
+/// not hand that to the next client of its role, which did not ask for it: stacked queries
+/// (`...; DROP TABLE t`) would run for it, removing a common SQL-injection barrier. Such a
+/// session is closed at check-in, never parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_option_never_reaches_the_next_client() {
+    let (_db, proxy) = shop().await;
+    let connect_py = format!(
+        r#"
+import pymysql
+c = pymysql.connect(host="127.0.0.1", port={port}, user="shop.app", password="{pw}", database="testdb")
+cur = c.cursor()
+cur.execute("SELECT CONNECTION_ID()")
+print(cur.fetchone()[0])
+def stacked():
+    try:
+        cur.execute("SELECT 1; SELECT 2")
+        return "stacked ran, more results: %s" % cur.nextset()
+    except pymysql.MySQLError as e:
+        return "refused %d" % e.args[0]
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let first = format!(
+        r#"{connect_py}
+print(stacked())
+# COM_SET_OPTION (0x1b), MYSQL_OPTION_MULTI_STATEMENTS_ON (0); the server answers EOF.
+c._execute_command(0x1b, b"\x00\x00")
+c._read_packet()
+print(stacked())
+c.close()
+"#
+    );
+    let out = python_client(&first).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.get(1..),
+        Some(&["refused 1064", "stacked ran, more results: True"][..]),
+        "the first client turned multi-statements on for itself: {out}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let second = format!(
+        r#"{connect_py}
+print(stacked())
+c.close()
+"#
+    );
+    let out = python_client(&second).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.get(1),
+        Some(&"refused 1064"),
+        "the next client of the role got the first one's multi-statements: {out}"
+    );
+}
+
 /// A parked session is never handed to another user of the same project: that would give
 /// the second user the first one's privileges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

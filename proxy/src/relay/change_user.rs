@@ -30,6 +30,9 @@ pub struct AuthState {
     /// A COM_CHANGE_USER was handled: the backend session's user and state are no longer
     /// the ones it was logged in with, so it is never pooled.
     pub changed_user: bool,
+    /// A COM_SET_OPTION passed: the session's multi-statements flag may differ from the one
+    /// its key says, and a reset keeps it, so it is never pooled.
+    pub set_option: bool,
 }
 
 /// What the relay needs from the connection to handle a change of user.

@@ -209,7 +209,8 @@ impl Pipe {
 /// Relays until either side closes, or `shutdown` is cancelled (the drain timeout of a
 /// shutdown ran out): then the client is told (ERR 1053) before the session is closed.
 /// `auth` carries what COM_CHANGE_USER needs; `flushes` says which writers buffer (TLS):
-/// (client, backend).
+/// (client, backend). A COM_SET_OPTION seen on the way is recorded in `auth`'s state (the
+/// session is then never pooled).
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<CR, CW, BR, BW, A>(
     client_r: &mut CR,
@@ -228,10 +229,52 @@ where
     BW: AsyncWrite + Unpin,
     A: SessionAuth,
 {
+    let mut walker = CommandWalker::new();
+    let legs = Legs4 {
+        client_r,
+        client_w,
+        backend_r,
+        backend_w,
+    };
+    let ended = relay_walking(legs, flushes, activity, auth, shutdown, &mut walker).await;
+    if walker.saw_set_option() {
+        auth.state().set_option = true;
+    }
+    ended
+}
+
+/// The four halves of a session's two sockets.
+struct Legs4<'a, CR, CW, BR, BW> {
+    client_r: &'a mut CR,
+    client_w: &'a mut CW,
+    backend_r: &'a mut BR,
+    backend_w: &'a mut BW,
+}
+
+async fn relay_walking<CR, CW, BR, BW, A>(
+    legs: Legs4<'_, CR, CW, BR, BW>,
+    flushes: (bool, bool),
+    activity: &Arc<ProjectActivity>,
+    auth: &mut A,
+    shutdown: &CancellationToken,
+    walker: &mut CommandWalker,
+) -> Result<End, ProxyError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+    A: SessionAuth,
+{
+    let Legs4 {
+        client_r,
+        client_w,
+        backend_r,
+        backend_w,
+    } = legs;
     let (client_flushes, backend_flushes) = flushes;
     let mut up = Pipe::new(backend_flushes);
     let mut down = Pipe::new(client_flushes);
-    let mut walker = CommandWalker::new();
     let mut intercepted = None;
     // Created and registered with the token once: a fresh `cancelled()` per turn of the loop
     // would lock the token's waiter list twice per packet.
@@ -239,7 +282,7 @@ where
     tokio::pin!(cancelled);
     loop {
         tokio::select! {
-            step = up.step_walked(client_r, backend_w, &mut walker, &mut intercepted, activity) => {
+            step = up.step_walked(client_r, backend_w, walker, &mut intercepted, activity) => {
                 match step.map_err(ProxyError::ClientIo)? {
                     Step::Moved => {}
                     Step::Eof if walker.at_boundary() && up.held().is_empty() => {
@@ -256,7 +299,7 @@ where
                         }
                         intercepted = None;
                         walker.after_intercept();
-                        up.rescan(&mut walker, &mut intercepted);
+                        up.rescan(walker, &mut intercepted);
                     }
                 }
             }

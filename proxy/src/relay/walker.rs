@@ -8,7 +8,9 @@
 //! after a 0xFFFFFF-byte fragment, or in a LOAD DATA LOCAL INFILE stream whose sequence ids wrap
 //! from 255 to 0 (the previous packet then had seq 255 and was not the empty end-of-file packet).
 
-use doze_protocol::{COM_CHANGE_USER, COM_PROCESS_KILL, COM_QUERY, COM_QUIT, MAX_FRAGMENT};
+use doze_protocol::{
+    COM_CHANGE_USER, COM_PROCESS_KILL, COM_QUERY, COM_QUIT, COM_SET_OPTION, MAX_FRAGMENT,
+};
 
 /// Longest COM_QUERY payload looked at for a KILL statement (`KILL HARD CONNECTION
 /// 4294967295` and some spaces fit). Longer queries pass without a look.
@@ -41,6 +43,8 @@ pub struct CommandWalker {
     remaining: usize,
     prev_seq: u8,
     prev_len: usize,
+    /// A COM_SET_OPTION passed (it is relayed, not handled).
+    set_option: bool,
 }
 
 impl CommandWalker {
@@ -66,6 +70,10 @@ impl CommandWalker {
                     Some(&COM_CHANGE_USER) => Some(Command::ChangeUser),
                     Some(&COM_QUIT) => Some(Command::Quit),
                     Some(&COM_PROCESS_KILL) => Some(Command::Kill),
+                    Some(&COM_SET_OPTION) => {
+                        self.set_option = true;
+                        None
+                    }
                     Some(&COM_QUERY) if len <= MAX_KILL_QUERY => {
                         // Held until whole: short, and only its first word is read.
                         let Some(payload) = rest.get(4..4 + len) else {
@@ -94,7 +102,17 @@ impl CommandWalker {
 
     /// The proxy consumed a whole intercepted packet: the next one starts a command.
     pub fn after_intercept(&mut self) {
-        *self = Self::default();
+        *self = Self {
+            set_option: self.set_option,
+            ..Self::default()
+        };
+    }
+
+    /// Whether the client sent COM_SET_OPTION. It switches the session's multi-statements
+    /// flag, which COM_RESET_CONNECTION keeps (MariaDB resets session variables, not the
+    /// client's capability flags), so such a session must never serve another client.
+    pub fn saw_set_option(&self) -> bool {
+        self.set_option
     }
 
     /// Whether everything scanned so far ends at a command boundary that is not inside a
@@ -138,6 +156,24 @@ mod tests {
                 command: Command::ChangeUser
             }
         );
+    }
+
+    #[test]
+    fn set_option_is_relayed_and_remembered() {
+        let mut stream = packet(0, b"\x03SELECT 1");
+        stream.extend(packet(0, b"\x1b\x00\x00"));
+        stream.extend(packet(0, b"\x03SELECT 2"));
+        let mut w = CommandWalker::new();
+        assert_eq!(w.scan(&stream), Scan::Forward(stream.len()));
+        assert!(w.saw_set_option());
+        // Remembered across an intercepted command.
+        w.after_intercept();
+        assert!(w.saw_set_option());
+        // The option byte inside another command's payload is not one.
+        let mut other = CommandWalker::new();
+        let inside = packet(0, b"\x03\x1b\x1b");
+        assert_eq!(other.scan(&inside), Scan::Forward(inside.len()));
+        assert!(!other.saw_set_option());
     }
 
     #[test]
