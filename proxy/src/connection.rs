@@ -409,12 +409,32 @@ async fn connect_backend<C: Control>(
         .await
 }
 
-/// Counts a KILL in flight until dropped.
-struct KillCounted(Arc<std::sync::atomic::AtomicU32>);
+/// Counts a KILL in flight until dropped, unless kept.
+struct KillCounted {
+    kills: Arc<std::sync::atomic::AtomicU32>,
+    keep: bool,
+}
+
+impl KillCounted {
+    fn new(kills: &Arc<std::sync::atomic::AtomicU32>) -> Self {
+        kills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self {
+            kills: Arc::clone(kills),
+            keep: false,
+        }
+    }
+
+    /// Leaves the KILL counted for good: its target is never pooled.
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
 
 impl Drop for KillCounted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if !self.keep {
+            self.kills.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
@@ -585,11 +605,9 @@ impl<C: Control> SessionAuth for ConnAuth<'_, C> {
             query_only = request.query_only,
             "KILL"
         );
-        target
-            .kills
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _counted = KillCounted(Arc::clone(&target.kills));
-        self.shared
+        let counted = KillCounted::new(&target.kills);
+        let result = self
+            .shared
             .connector
             .killer()
             .kill_thread(
@@ -600,16 +618,21 @@ impl<C: Control> SessionAuth for ConnAuth<'_, C> {
                 request.query_only,
                 || registry.still_serves(id, &target.address, target.thread_id),
             )
-            .await
-            .map_err(|e| match e {
-                KillError::Gone => kill::unknown_thread(request.id),
-                KillError::Refused(err) => err,
-                KillError::Failed(why) => doze_protocol::ErrPacket::new(
-                    1105,
-                    "HY000",
-                    format!("doze: could not reach the compute to carry out the KILL: {why}"),
-                ),
-            })
+            .await;
+        if let Err(KillError::Unanswered(_)) = &result {
+            // The KILL may still land: the target's session stays marked, so it is never
+            // pooled (a late KILL would otherwise hit the next client of the session).
+            counted.keep();
+        }
+        result.map_err(|e| match e {
+            KillError::Gone => kill::unknown_thread(request.id),
+            KillError::Refused(err) => err,
+            KillError::Failed(why) | KillError::Unanswered(why) => doze_protocol::ErrPacket::new(
+                1105,
+                "HY000",
+                format!("doze: could not reach the compute to carry out the KILL: {why}"),
+            ),
+        })
     }
 }
 

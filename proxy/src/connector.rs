@@ -241,6 +241,8 @@ pub enum KillError {
     Refused(doze_protocol::ErrPacket),
     /// The compute could not be reached or logged in to.
     Failed(String),
+    /// The KILL was sent but no answer came back: the compute may still carry it out, late.
+    Unanswered(String),
 }
 
 /// Runs KILL statements on computes over a separate login as the target's user (MariaDB lets a
@@ -299,6 +301,9 @@ impl Killer {
         } else {
             format!("\x03KILL {thread_id}")
         };
+        // Once a byte of the statement may have left, a missing answer does not mean the
+        // KILL will not happen: the compute may still run it after this connection is gone.
+        let unanswered = |e: &dyn std::fmt::Display| KillError::Unanswered(e.to_string());
         let answer = tokio::time::timeout(self.login_timeout, async {
             crate::stream::write_payload(&mut control.stream, 0, statement.as_bytes()).await?;
             crate::stream::read_packet(&mut control.stream, 1 << 16)
@@ -306,8 +311,8 @@ impl Killer {
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .await
-        .map_err(|_| fail(&"the compute did not answer the KILL in time"))?
-        .map_err(|e| fail(&e))?;
+        .map_err(|_| unanswered(&"the compute did not answer the KILL in time"))?
+        .map_err(|e| unanswered(&e))?;
         pool::quit(control.stream);
         match answer.payload.first() {
             Some(0x00) => Ok(()),

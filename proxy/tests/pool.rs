@@ -1385,6 +1385,42 @@ a.once("connect", () => console.log("id " + a.threadId));
     assert_eq!(line("unknown "), "1094", "{out}");
 }
 
+/// A client that pipelines a query and a KILL (sends both before reading) gets the two
+/// answers in order: the query's rows, then the KILL's OK. doze answers a KILL it carried out
+/// with the compute's answer to a COM_PING sent in its place, which comes back through the
+/// relay behind the query's answer (it once read the query's first packet as the ping's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_kill_is_answered_in_order() {
+    let (_db, proxy) = shop().await;
+    let script = format!(
+        r#"
+import pymysql
+from pymysql.connections import MySQLResult
+from pymysql.constants import COMMAND
+def conn():
+    return pymysql.connect(host="127.0.0.1", port={port}, user="shop.app", password="{pw}", database="testdb", autocommit=True)
+a, b = conn(), conn()
+a._execute_command(COMMAND.COM_QUERY, "SELECT SLEEP(0.3), 'first'")
+a._execute_command(COMMAND.COM_QUERY, "KILL QUERY %d" % b.thread_id())
+first = MySQLResult(a); first.read()
+print("first", first.rows)
+a._next_seq_id = 1  # each answer numbers its packets from 1; PyMySQL counts one stream
+second = MySQLResult(a); second.read()
+print("second", second.affected_rows, second.rows)
+cur = a.cursor(); cur.execute("SELECT 'after'"); print("after", cur.fetchone()[0])
+"#,
+        port = proxy.addr.port(),
+        pw = PASSWORD
+    );
+    let out = python_client(&script).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        vec!["first ((0, 'first'),)", "second 0 None", "after after"],
+        "answers in order: {out}"
+    );
+}
+
 /// The OK doze sends for a KILL it carried out has the session's real status flags: a client
 /// in a transaction, or with autocommit off, is told so (PyMySQL keeps `server_status` from
 /// every OK), not that its transaction ended.

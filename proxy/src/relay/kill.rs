@@ -8,7 +8,7 @@
 //! `KILL [HARD | SOFT] [CONNECTION | QUERY] <id>`. Other KILL statements (`KILL QUERY ID`,
 //! `KILL USER`) go to the compute unchanged, which applies its own rules to its own ids.
 
-use doze_protocol::{COM_PROCESS_KILL, ErrPacket, Packet};
+use doze_protocol::{COM_PROCESS_KILL, ErrPacket};
 
 /// What a client asked to kill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,11 +72,6 @@ fn parse_statement(text: &str) -> Option<KillRequest> {
 /// MariaDB's answer to a KILL of a session the user may not see.
 pub fn unknown_thread(id: u64) -> ErrPacket {
     ErrPacket::new(1094, "HY000", format!("Unknown thread id: {id}"))
-}
-
-/// An OK for the client at `seq`.
-pub fn ok_packet(seq: u8) -> Packet {
-    Packet::new(seq, crate::pool::POOLED_OK.to_vec())
 }
 
 #[cfg(test)]

@@ -335,23 +335,40 @@ where
     BW: AsyncWrite + Unpin,
     A: SessionAuth,
 {
-    let packet = take_packet(up, io.client_r, walker::MAX_KILL_QUERY)
-        .await
-        .map_err(ProxyError::ClientIo)?;
+    // A client that sends part of a KILL and stalls holds only its own session, but not for
+    // ever (the drain at shutdown does not reach this wait).
+    let packet = tokio::time::timeout(
+        KILL_PACKET_TIMEOUT,
+        take_packet(up, io.client_r, walker::MAX_KILL_QUERY),
+    )
+    .await
+    .map_err(|_| {
+        ProxyError::ClientIo(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client sent part of a KILL and stalled",
+        ))
+    })?
+    .map_err(ProxyError::ClientIo)?;
     let Some(request) = kill::parse(&packet.payload) else {
         crate::stream::write_payload(io.backend_w, packet.seq, &packet.payload)
             .await
             .map_err(ProxyError::BackendIo)?;
         return Ok(());
     };
-    let seq = packet.seq.wrapping_add(1);
     match auth.kill(request).await {
         Ok(()) => {
             metrics::kill("done");
-            let ok = session_ok(io).await;
-            crate::stream::write_payload(io.client_w, seq, &ok)
+            // The client's answer is the compute's answer to a COM_PING sent in the KILL's
+            // place: an OK with the session's real status flags (in a transaction,
+            // autocommit off...), where a fixed OK would tell a driver that tracks them
+            // (Connector/J, mysql-connector) that its transaction ended. It comes back
+            // through the relay, after any answer still on its way to a client that
+            // pipelined commands before the KILL. A KILL of the session's own connection
+            // ends it, and the client learns it as from MariaDB: the connection closes.
+            const COM_PING: u8 = 0x0e;
+            crate::stream::write_payload(io.backend_w, packet.seq, &[COM_PING])
                 .await
-                .map_err(ProxyError::ClientIo)?;
+                .map_err(ProxyError::BackendIo)?;
         }
         Err(err) => {
             metrics::kill(if err.code == 1094 {
@@ -359,38 +376,16 @@ where
             } else {
                 "failed"
             });
-            crate::stream::send_err(io.client_w, seq, &err).await;
+            // Written straight to the client: for a client that pipelined commands before
+            // the KILL and has answers still in flight, this ERR arrives before them.
+            crate::stream::send_err(io.client_w, packet.seq.wrapping_add(1), &err).await;
         }
     }
     Ok(())
 }
 
-/// An OK that carries the session's real status flags (in a transaction, autocommit off...),
-/// for a command doze answered itself: the compute's answer to a COM_PING, which changes
-/// nothing. A fixed OK would tell a driver that tracks the flags (Connector/J,
-/// mysql-connector) that its open transaction ended. The session is at a command boundary, so
-/// nothing else is in flight from the compute. When the compute does not answer with OK (a
-/// KILL of the session's own connection), the fixed OK.
-async fn session_ok<CR, CW, BR, BW>(io: &mut change_user::Legs<'_, CR, CW, BR, BW>) -> Vec<u8>
-where
-    BR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
-{
-    const COM_PING: u8 = 0x0e;
-    let fallback = || kill::ok_packet(0).payload.to_vec();
-    if crate::stream::write_payload(io.backend_w, 0, &[COM_PING])
-        .await
-        .is_err()
-    {
-        return fallback();
-    }
-    match crate::stream::read_packet(io.backend_r, 1024).await {
-        Ok(reply) if reply.payload.first() == Some(&0x00) => reply.payload.to_vec(),
-        // An ERR (the connection was killed meanwhile) or a read error: the compute's next
-        // answer, or the connection's end, tells the client.
-        _ => fallback(),
-    }
-}
+/// How long the rest of a KILL packet may take to arrive once its start did.
+const KILL_PACKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sends the client ERR 1053 (server shutdown in progress), as MariaDB does to the sessions it
 /// closes on shutdown: after what the compute already sent, as the answer to the client's next
