@@ -71,6 +71,9 @@ pub struct Backend {
     pub compute_id: String,
     /// Set when the session may go back to the pool once its client leaves.
     pub pool_key: Option<crate::pool::SessionKey>,
+    /// The session thread whose event loop the socket is registered with (see
+    /// [`crate::pool::home`]): where it logged in, or where the pool last moved it.
+    pub home: u32,
 }
 
 /// Opens a TCP connection to `address` within `timeout`.
@@ -164,6 +167,7 @@ pub async fn login(
         address: String::new(),
         compute_id: String::new(),
         pool_key: None,
+        home: crate::pool::home(),
     })
 }
 

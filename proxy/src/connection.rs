@@ -185,7 +185,8 @@ async fn run<C: Control + Clone>(
         },
     );
     debug!(thread_id = backend.thread_id, "backend session");
-    let (ended, mut leftover) = relay_session(shared, client, backend, &activity, _session).await;
+    let (ended, mut leftover) =
+        relay_session(shared, client, backend, &activity, _session, &registered).await;
     // Unfindable from here on: a KILL that has not yet checked its target gives up; one that
     // has is counted in `kills`, and then the session is not pooled.
     drop(registered);
@@ -458,10 +459,12 @@ async fn relay_session<C: Control + Clone>(
     mut backend: Backend,
     activity: &Arc<ProjectActivity>,
     _session: SessionGuard,
+    registered: &sessions::Registered,
 ) -> (Result<End, ProxyError>, Leftover) {
     info!(via = client.route.via, "session started");
     let mut auth = ConnAuth {
         shared,
+        registered,
         project_id: client.project_id,
         project_name: client.project_name,
         state: AuthState {
@@ -566,6 +569,8 @@ where
 /// COM_CHANGE_USER lookups and KILLs for a session, within its project (and user) only.
 struct ConnAuth<'a, C> {
     shared: &'a Shared<C>,
+    /// This session's entry in the registry KILLs search.
+    registered: &'a sessions::Registered,
     project_id: String,
     project_name: String,
     state: AuthState,
@@ -587,6 +592,11 @@ impl<C: Control> SessionAuth for ConnAuth<'_, C> {
 
     fn state(&mut self) -> &mut AuthState {
         &mut self.state
+    }
+
+    fn user_changed(&mut self) {
+        self.registered
+            .set_user(&self.state.user, &self.state.credentials);
     }
 
     async fn kill(&self, request: kill::KillRequest) -> Result<(), doze_protocol::ErrPacket> {

@@ -91,8 +91,6 @@ pub struct Parked {
     parked_at: Instant,
     epoch: u64,
     activity: Arc<ProjectActivity>,
-    /// The session thread whose runtime the socket is registered with ([`home`]).
-    home: u32,
 }
 
 thread_local! {
@@ -107,7 +105,7 @@ pub fn set_home(index: u32) {
 
 /// The session thread this code runs on; 0 on the shared runtime (`--proxy-threads 0`),
 /// where every thread polls the same I/O driver.
-fn home() -> u32 {
+pub(crate) fn home() -> u32 {
     HOME.with(std::cell::Cell::get)
 }
 
@@ -209,7 +207,7 @@ impl Pool {
                 // I/O driver.
                 let at = list
                     .iter()
-                    .rposition(|p| p.home == here && fits(p))
+                    .rposition(|p| p.backend.home == here && fits(p))
                     .or_else(|| list.iter().rposition(fits))?;
                 let p = list.remove(at);
                 if list.is_empty() {
@@ -415,7 +413,7 @@ fn quit_then(mut stream: BackendStream, done: impl FnOnce() + Send + 'static) {
 /// session cannot be taken apart and rebuilt, so it stays where it is (it still works; the
 /// wake-ups are its cost).
 fn rehome(mut p: Parked, here: u32) -> Option<Parked> {
-    if here == 0 || p.home == here {
+    if here == 0 || p.backend.home == here {
         return Some(p);
     }
     let BackendStream::Plain(tcp) = p.backend.stream else {
@@ -425,7 +423,7 @@ fn rehome(mut p: Parked, here: u32) -> Option<Parked> {
     match tcp.into_std().and_then(tokio::net::TcpStream::from_std) {
         Ok(tcp) => {
             p.backend.stream = BackendStream::Plain(tcp);
-            p.home = here;
+            p.backend.home = here;
             Some(p)
         }
         Err(e) => {
@@ -443,18 +441,19 @@ fn rehome(mut p: Parked, here: u32) -> Option<Parked> {
 
 /// True when nothing is waiting to be read on an idle session's socket: a parked session
 /// that the server closed (restart, `wait_timeout`, KILL) or that holds stray bytes reads
-/// ready. Polled once with a no-op waker, so it never waits.
+/// ready. Asks the kernel (a non-blocking `MSG_PEEK`), not tokio's cached readiness: for a
+/// session parked by another thread, that is only as fresh as that thread's last turn of
+/// its event loop, and a session that was just moved has none yet.
 fn is_quiet(stream: &BackendStream) -> bool {
-    // Polling needs `&mut`, but a read that returns Pending has no effect on the stream;
-    // a ready read means the session is discarded anyway. Peek through the TCP socket.
     let tcp = match stream {
         BackendStream::Plain(tcp) => tcp,
         BackendStream::Tls(tls) => tls.get_ref().0,
     };
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut byte = [0u8; 1];
-    let mut buf = ReadBuf::new(&mut byte);
-    matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(tcp).peek(&mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// What a check-in needs besides the session.
@@ -504,7 +503,6 @@ where
                 parked_at: Instant::now(),
                 epoch,
                 activity: Arc::clone(&c.activity),
-                home: home(),
             };
             pool.put(&c.project_id, &c.activity, parked);
         }

@@ -87,6 +87,20 @@ pub struct Registered {
     owned: bool,
 }
 
+impl Registered {
+    /// The session now runs as `user` (a COM_CHANGE_USER succeeded): KILLs are checked
+    /// against its new user, as MariaDB checks them.
+    pub fn set_user(&self, user: &str, credentials: &Credentials) {
+        if !self.owned {
+            return;
+        }
+        if let Some(e) = self.registry.lock().get_mut(&self.id) {
+            e.user = user.to_owned();
+            e.credentials = credentials.clone();
+        }
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         if self.owned {

@@ -45,6 +45,8 @@ pub trait SessionAuth: Send {
         user: &str,
     ) -> impl Future<Output = Result<Option<[u8; 20]>, ProxyError>> + Send;
     fn state(&mut self) -> &mut AuthState;
+    /// A change of user succeeded: `state()` holds the new user and credentials.
+    fn user_changed(&mut self) {}
     /// Carries out a KILL this session's client sent, within its project and user; the ERR
     /// is for the client (1094 for an id it may not name).
     fn kill(
@@ -116,6 +118,7 @@ where
     let state = auth.state();
     state.user = user;
     state.credentials = credentials;
+    auth.user_changed();
     Ok(())
 }
 
