@@ -107,6 +107,21 @@ fn spawn_sleep(
     })
 }
 
+/// The rest of the first line of a client program's output that starts with `prefix`.
+fn line_after(out: &str, prefix: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no '{prefix}' line in:\n{out}"))
+        .trim()
+        .to_owned()
+}
+
+/// `id`, the connection id a client library read from the greeting, is from doze's range.
+fn assert_doze_id(id: &str, out: &str) {
+    let id: u64 = id.parse().expect("id");
+    assert!(id >= 0x8000_0000, "the greeting's id is doze's: {out}");
+}
+
 /// The proxy's defaults, on two session threads as `doze serve` runs it on two cores: a session
 /// parked by one thread is then often taken by a client of the other.
 fn threaded() -> ProxyConfig {
@@ -1336,15 +1351,8 @@ public class CancelTest {{
     );
     let out = java_client("CancelTest", &source).await;
     println!("{out}");
-    let line = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no '{prefix}' line in:\n{out}"))
-            .trim()
-            .to_owned()
-    };
-    let id: u64 = line("id ").parse().expect("id");
-    assert!(id >= 0x8000_0000, "the greeting's id is doze's: {out}");
+    let line = |prefix: &str| line_after(&out, prefix);
+    assert_doze_id(&line("id "), &out);
     assert!(!out.contains("cancel failed"), "{out}");
     // Each statement ends early: interrupted (SLEEP returns 1) or an error, within seconds.
     for what in ["cancel ", "timeout "] {
@@ -1407,15 +1415,8 @@ a.once("connect", () => console.log("id " + a.threadId));
     );
     let out = node_client(&script).await;
     println!("{out}");
-    let line = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no '{prefix}' line in:\n{out}"))
-            .trim()
-            .to_owned()
-    };
-    let id: u64 = line("id ").parse().expect("id");
-    assert!(id >= 0x8000_0000, "the greeting's id is doze's: {out}");
+    let line = |prefix: &str| line_after(&out, prefix);
+    assert_doze_id(&line("id "), &out);
     assert!(
         line("timeout ").starts_with("PROTOCOL_SEQUENCE_TIMEOUT"),
         "mysql2's own timeout fired: {out}"

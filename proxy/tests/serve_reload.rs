@@ -220,15 +220,7 @@ async fn a_stalled_log_reader_does_not_stop_sessions() {
     // Held open and never read: writes to it block once one page is full.
     let stderr = doze.child.stderr.take().unwrap();
     nix::fcntl::fcntl(stderr.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
-    let mut up = false;
-    for _ in 0..300 {
-        if api(doze.admin, "GET", "/healthz", None).0 == 200 {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "doze did not come up with a stalled stderr");
+    assert!(doze.healthy(), "doze did not come up with a stalled stderr");
     doze.project("stall", serde_json::json!({}), serde_json::json!({}));
     for i in 0..200 {
         let session = async {

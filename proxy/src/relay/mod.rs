@@ -230,7 +230,7 @@ where
     A: SessionAuth,
 {
     let mut walker = CommandWalker::new();
-    let legs = Legs4 {
+    let legs = change_user::Legs {
         client_r,
         client_w,
         backend_r,
@@ -243,16 +243,8 @@ where
     ended
 }
 
-/// The four halves of a session's two sockets.
-struct Legs4<'a, CR, CW, BR, BW> {
-    client_r: &'a mut CR,
-    client_w: &'a mut CW,
-    backend_r: &'a mut BR,
-    backend_w: &'a mut BW,
-}
-
 async fn relay_walking<CR, CW, BR, BW, A>(
-    legs: Legs4<'_, CR, CW, BR, BW>,
+    legs: change_user::Legs<'_, CR, CW, BR, BW>,
     flushes: (bool, bool),
     activity: &Arc<ProjectActivity>,
     auth: &mut A,
@@ -266,7 +258,7 @@ where
     BW: AsyncWrite + Unpin,
     A: SessionAuth,
 {
-    let Legs4 {
+    let change_user::Legs {
         client_r,
         client_w,
         backend_r,

@@ -63,13 +63,19 @@ impl Doze {
     /// environment; returns once /healthz answers.
     pub fn serve(args: &[String]) -> Doze {
         let doze = Self::spawn(args, Stdio::null());
+        assert!(doze.healthy(), "doze serve {args:?} did not come up");
+        doze
+    }
+
+    /// Whether /healthz answers within 15 s.
+    pub fn healthy(&self) -> bool {
         for _ in 0..300 {
-            if api(doze.admin, "GET", "/healthz", None).0 == 200 {
-                return doze;
+            if api(self.admin, "GET", "/healthz", None).0 == 200 {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("doze serve {args:?} did not come up");
+        false
     }
 
     /// `doze serve` with `args`, not waited for; stderr as given.

@@ -177,8 +177,22 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).trim().to_owned()
 }
 
-/// Runs a Python client script (PyMySQL / mysql-connector-python, installed by
-/// `.ci/install-deps`), asserts it succeeded and returns its trimmed stdout.
+/// Runs a client program (`what` names it in the failure), asserts it succeeded and returns
+/// its trimmed stdout.
+async fn run_client(what: &str, command: &mut tokio::process::Command) -> String {
+    let out = command
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {what} (it comes from .ci/install-deps): {e}"));
+    assert!(
+        out.status.success(),
+        "{what} client failed (drivers come from .ci/install-deps): {}\n{}",
+        stderr(&out),
+        stdout(&out)
+    );
+    stdout(&out)
+}
+
 /// Runs `source`, a Java program whose public class is `class_name`, with MariaDB Connector/J
 /// (Debian's libmariadb-java, installed by .ci/install-deps) on the class path, through the
 /// JDK's single-file launcher; its stdout.
@@ -191,20 +205,14 @@ pub async fn java_client(class_name: &str, source: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join(format!("{class_name}.java"));
     std::fs::write(&file, source).expect("write the Java source");
-    let out = tokio::process::Command::new("java")
-        .arg("-cp")
-        .arg(JAR)
-        .arg(&file)
-        .output()
-        .await
-        .expect("run java (a JDK comes from .ci/install-deps)");
-    assert!(
-        out.status.success(),
-        "java client failed: {}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    stdout(&out)
+    run_client(
+        "java",
+        tokio::process::Command::new("java")
+            .arg("-cp")
+            .arg(JAR)
+            .arg(&file),
+    )
+    .await
 }
 
 /// Runs `script` with Node.js and the mysql2 driver (npm, pinned; `.ci/install-deps` puts it
@@ -218,33 +226,24 @@ pub async fn node_client(script: &str) -> String {
         std::path::Path::new(modules).join("mysql2").exists(),
         "{modules}/mysql2 is missing: run .ci/install-deps (npm install mysql2)"
     );
-    let out = tokio::process::Command::new("node")
-        .arg("-e")
-        .arg(script)
-        .env("NODE_PATH", modules)
-        .output()
-        .await
-        .expect("run node (Node.js comes from .ci/install-deps)");
-    assert!(
-        out.status.success(),
-        "node client failed: {}\n{}",
-        stderr(&out),
-        stdout(&out)
-    );
-    stdout(&out)
+    run_client(
+        "node",
+        tokio::process::Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .env("NODE_PATH", modules),
+    )
+    .await
 }
 
+/// Runs a Python client script (PyMySQL / mysql-connector-python, installed by
+/// `.ci/install-deps`), asserts it succeeded and returns its trimmed stdout.
 pub async fn python_client(script: &str) -> String {
-    let out = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .await
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "python client failed (drivers come from .ci/install-deps): {}",
-        stderr(&out)
-    );
-    stdout(&out)
+    run_client(
+        "python3",
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script),
+    )
+    .await
 }
