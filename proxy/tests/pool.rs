@@ -1377,8 +1377,7 @@ public class CancelTest {{
 /// with `KILL QUERY <connection.threadId>` over another connection (the pattern of
 /// mysql2-timeout and its kin). Through doze that id is doze's: the KILL must reach the
 /// right backend session, end the `SELECT SLEEP(30)` within seconds, and leave the first
-/// connection usable, through the pool (a pooled session is what serves the second
-/// connection).
+/// connection usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql2_timeout_then_kill_query_works() {
     let (_db, proxy) = shop().await;

@@ -357,8 +357,7 @@ where
             // through the relay, after any answer still on its way to a client that
             // pipelined commands before the KILL. A KILL of the session's own connection
             // ends it, and the client learns it as from MariaDB: the connection closes.
-            const COM_PING: u8 = 0x0e;
-            crate::stream::write_payload(io.backend_w, packet.seq, &[COM_PING])
+            crate::stream::write_payload(io.backend_w, packet.seq, &[doze_protocol::COM_PING])
                 .await
                 .map_err(ProxyError::BackendIo)?;
         }
